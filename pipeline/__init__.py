@@ -1,0 +1,1 @@
+"""textclf stage entry points: options, input checks, Beam/Keras wiring, output finalizing."""

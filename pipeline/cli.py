@@ -1,0 +1,60 @@
+"""The `textclf` command: one subcommand per stage, plus datasets, describe, run and demo.
+
+Each stage module declares its own flags on a `PipelineOptions` subclass (so the Flex Template
+check and the tests reuse them) and exposes `add_arguments(parser)` and `main(argv) -> int`.
+This module only dispatches; flags it does not know are left for Beam's PipelineOptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their subcommand runs, so
+# `textclf --help` does not pay for importing TensorFlow.
+SUBCOMMANDS = {
+    "datasets": ("pipeline.datasets_cli", "fetch the embedded corpora and write them as Parquet"),
+    "preprocess": ("pipeline.preprocess", "Beam + tf.Transform: corpus -> padded TFRecords"),
+    "train": ("pipeline.train", "Keras: TFRecords -> raw-text SavedModel"),
+    "describe": ("pipeline.describe", "print the model's layers, shapes, head and loss"),
+    "score": ("pipeline.score", "Beam: Parquet + SavedModel -> scored Parquet"),
+    "run": ("pipeline.run", "preprocess -> train -> score under one run directory"),
+    "demo": ("pipeline.demo", "the whole chain on the embedded 20 Newsgroups data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textclf",
+        description="Batch text classification with Apache Beam, tf.Transform and Keras.",
+        epilog="Beam pipeline flags (--runner, --direct_num_workers, --temp_location, ...) are "
+        "passed through to PipelineOptions by the stages that run Beam.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"textclf: unknown command '{argv[0]}'; choose one of: "
+                  f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

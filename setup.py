@@ -1,0 +1,31 @@
+"""textclf: batch text classification with Apache Beam, tf.Transform and Keras.
+
+Dataflow workers install this same file (`--setup_file ./setup.py`), so it must stay installable
+without the repository's tests, benchmarks or data.
+"""
+
+from setuptools import find_packages, setup
+
+# Pinned to the versions the code is tested with; the three TFX-family packages move in lockstep.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tfx-bsl==1.21.0",
+    "pyarrow==25.0.1",
+    "keras==3.15.1",
+    "numpy>=2.0,<3",
+    "matplotlib==3.11.2",
+]
+
+setup(
+    name="textclf",
+    version="0.1.0",
+    description="Batch text classification: Beam + tf.Transform preprocessing, Keras training, "
+    "Arrow-batched scoring.",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    entry_points={"console_scripts": ["textclf=pipeline.cli:main"]},
+)

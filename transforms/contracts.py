@@ -1,0 +1,62 @@
+"""The names that the stages share: feature keys and the file names of each stage's output.
+
+Every stage, test and template check imports these, so renaming a contract is one edit here
+(plus docs/DESIGN.md). This module owns names only; it reads and writes nothing.
+"""
+
+# Raw columns as the preprocess stage hands them to tf.Transform (after renaming the user's
+# --text_column / --label_column to these).
+TEXT_KEY = "text"
+RAW_LABEL_KEY = "raw_label"  # single-label: string; multi-label: list<string>
+SPLIT_KEY = "split"  # pass-through column, "train" or "eval", never part of the transform graph
+
+# Transformed features in the TFRecords.
+TOKEN_IDS_KEY = "token_ids"  # int64[sequence_length]
+LABEL_KEY = "label"  # int64 scalar, single-label
+LABELS_KEY = "labels"  # float32[num_classes] multi-hot, multi-label
+
+# Assets of the transform graph.
+TOKEN_VOCAB_NAME = "token_vocab"
+LABEL_VOCAB_NAME = "label_vocab"
+
+# Splits.
+TRAIN = "train"
+EVAL = "eval"
+SPLITS = (TRAIN, EVAL)
+
+# Stage outputs (file and directory names inside an output directory).
+SUCCESS_FILE = "_SUCCESS"
+STATS_FILE = "stats.json"
+CONFIG_FILE = "preprocess_config.json"
+TRANSFORM_FN_DIR = "transform_fn"
+TRANSFORMED_METADATA_DIR = "transformed_metadata"
+DEAD_LETTER_PREFIX = "dead_letter"
+TFRECORD_SUFFIX = ".tfrecord.gz"
+
+SAVED_MODEL_DIR = "saved_model"
+LABELS_TXT = "labels.txt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+MODEL_CARD_FILE = "model_card.json"
+LOGS_DIR = "logs"
+
+# Serving signature of the exported model.
+SERVING_SIGNATURE = "serving_default"
+SERVING_INPUT = "text"
+OUT_PROBABILITIES = "probabilities"
+OUT_LABEL = "label"  # single-label: string[None]
+OUT_LABELS = "labels"  # multi-label: string[None, K], "" where a class is below threshold
+
+# Scoring output columns.
+PREDICTED_LABEL_COLUMN = "predicted_label"
+PREDICTED_LABELS_COLUMN = "predicted_labels"
+SCORE_COLUMN = "score"
+PROBABILITIES_COLUMN = "probabilities"
+MODEL_VERSION_COLUMN = "model_version"
+
+# Runs.
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.html"
+
+# Exit code for bad input detected before any pipeline work.
+EXIT_BAD_INPUT = 2
