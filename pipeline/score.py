@@ -1,0 +1,408 @@
+"""`textclf score`: Parquet + a model directory -> scored Parquet, with dead letters and stats.
+
+This module owns the scoring stage's flags (`ScoreOptions`), the checks made before any Beam work
+(model directory complete, inputs match, text column present and string-typed, pass-through columns
+consistent), the wiring of read -> `ScoreRecordBatches` -> write, and finalizing the output
+directory (`part-*.parquet`, `dead_letter-*.parquet`, `stats.json`, then `_SUCCESS`; nothing is
+visible under the output until it is complete). The batched inference itself lives in
+`transforms/scoring.py`. `score(...)` is the library entry used by `textclf run`; `main(argv)` is
+the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import outputs
+from transforms.contracts import (
+    DEAD_LETTER_PREFIX,
+    EXIT_BAD_INPUT,
+    LABELS_TXT,
+    SAVED_MODEL_DIR,
+    STATS_FILE,
+)
+from transforms.scoring import (
+    DEAD_LETTER_TAG,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THRESHOLD,
+    REASON_COLUMN,
+    ScoreRecordBatches,
+    ScoringModel,
+    SummarizeTables,
+    dead_letter_schema,
+    is_text_type,
+    scored_schema,
+)
+
+SCORED_PREFIX = "part"
+PARQUET_SUFFIX = ".parquet"
+_LOG = logging.getLogger(__name__)
+
+
+class ScoreInputError(ValueError):
+    """Bad input found before any pipeline work; the CLI prints it and exits EXIT_BAD_INPUT."""
+
+
+class ScoreOptions(PipelineOptions):
+    """The scoring stage's own flags; everything else is a Beam pipeline option."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--model_dir", help="a finished training-stage model directory")
+        parser.add_argument(
+            "--input",
+            nargs="+",
+            action="extend",
+            help="Parquet file pattern(s), local or any Beam filesystem (gs://...)",
+        )
+        parser.add_argument(
+            "--output",
+            help="output directory PREFIX/: part-*.parquet, dead_letter-*.parquet, stats.json",
+        )
+        parser.add_argument("--text_column", help="the column holding the text to classify")
+        parser.add_argument(
+            "--id_column", default=None, help="a row id column; always kept in the outputs"
+        )
+        parser.add_argument(
+            "--batch_size",
+            type=int,
+            default=DEFAULT_BATCH_SIZE,
+            help="rows per model call (default %(default)s)",
+        )
+        parser.add_argument(
+            "--columns",
+            default=None,
+            help="comma-separated pass-through columns to keep (default: all input columns)",
+        )
+        parser.add_argument(
+            "--threshold",
+            type=float,
+            default=DEFAULT_THRESHOLD,
+            help="multi-label only: a class is predicted when its probability >= this "
+            "(default %(default)s)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textclf score",
+        description="Apply a textclf model to Parquet files with Apache Beam, batch by batch.",
+        epilog="Other flags (--runner, --direct_num_workers, --temp_location, ...) go to Beam's "
+        "PipelineOptions. Without --runner the pipeline runs in this process on the "
+        "FnApiRunner (Beam's DirectRunner minus its Prism attempt).",
+    )
+    ScoreOptions._add_argparse_args(parser)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks made before any Beam work.
+
+
+def _match_inputs(patterns: Sequence[str]) -> list[str]:
+    files = []
+    for pattern in patterns:
+        try:
+            matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+        except Exception as err:  # noqa: BLE001 - any filesystem error means "no usable input"
+            raise ScoreInputError(f"cannot list input '{pattern}': {err}") from err
+        if not matched:
+            raise ScoreInputError(
+                f"no input files match '{pattern}'; pass Parquet files or a glob such as "
+                "'data/*.parquet'"
+            )
+        files.extend(sorted(matched))
+    return list(dict.fromkeys(files))
+
+
+def _read_schema(path: str) -> pa.Schema:
+    try:
+        with FileSystems.open(path) as f:
+            return pq.read_schema(f)
+    except Exception as err:  # noqa: BLE001
+        raise ScoreInputError(f"cannot read a Parquet schema from {path}: {err}") from err
+
+
+def _passthrough_schema(
+    files: Sequence[str],
+    schemas: Sequence[pa.Schema],
+    text_column: str,
+    id_column: str | None,
+    columns: Sequence[str] | None,
+    model: ScoringModel,
+) -> pa.Schema:
+    first = schemas[0]
+    wanted = list(columns) if columns else list(first.names)
+    if id_column and id_column not in wanted:
+        wanted.insert(0, id_column)
+    for path, schema in zip(files, schemas, strict=True):
+        names = set(schema.names)
+        for role, column in [("text", text_column), ("id", id_column)] + [
+            ("pass-through", c) for c in wanted
+        ]:
+            if column and column not in names:
+                raise ScoreInputError(
+                    f"{role} column '{column}' not found in {path}; columns are: "
+                    f"{', '.join(schema.names)}"
+                )
+        text_type = schema.field(text_column).type
+        if not is_text_type(text_type):
+            raise ScoreInputError(
+                f"text column '{text_column}' in {path} has type {text_type}, not string; "
+                "pass --text_column naming a string column"
+            )
+        for column in wanted:
+            if schema.field(column).type != first.field(column).type:
+                raise ScoreInputError(
+                    f"column '{column}' is {first.field(column).type} in {files[0]} but "
+                    f"{schema.field(column).type} in {path}; score them separately or "
+                    "leave the column out with --columns"
+                )
+    produced = {f.name for f in model.prediction_fields()} | {REASON_COLUMN}
+    clashes = sorted(produced.intersection(wanted))
+    if clashes:
+        raise ScoreInputError(
+            f"input column(s) {', '.join(clashes)} would be overwritten by the scorer's output; "
+            "leave them out with --columns"
+        )
+    return pa.schema([first.field(c) for c in wanted])
+
+
+def _load_model_info(model_dir: str) -> ScoringModel:
+    if not outputs.is_complete(model_dir):
+        raise ScoreInputError(
+            f"model directory {model_dir} has no _SUCCESS marker (missing, or its training run "
+            "did not finish); train a model first or pass --model_dir of a finished one"
+        )
+    for name in (SAVED_MODEL_DIR, LABELS_TXT):
+        if not FileSystems.exists(FileSystems.join(model_dir, name)):
+            raise ScoreInputError(f"model directory {model_dir} has no {name}; re-export the model")
+    info = ScoringModel.from_model_dir(model_dir)
+    if not info.label_names:
+        raise ScoreInputError(f"{FileSystems.join(model_dir, LABELS_TXT)} lists no classes")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+def _pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the given runner; with none given, the in-process FnApiRunner.
+
+    Beam's DirectRunner first tries to start Prism (a Go binary it downloads), which costs time
+    and fails offline before falling back to this same FnApiRunner; --direct_running_mode and
+    --direct_num_workers are honoured either way.
+    """
+    if options.view_as(StandardOptions).runner is not None:
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+
+
+def _write_stats(_, path: str, header: dict, read: dict, scored: dict, dead: dict) -> dict:
+    stats = dict(header)
+    stats.update(
+        rows_read=read["rows"],
+        rows_scored=scored["rows"],
+        rows_dead_lettered=dead["rows"],
+        label_counts=dict(sorted(scored["counts"].items())),
+        dead_letter_reasons=dict(sorted(dead["counts"].items())),
+    )
+    outputs.write_json(path, stats)
+    return stats
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    patterns: Sequence[str],
+    staging: str,
+    model: ScoringModel,
+    text_column: str,
+    passthrough: pa.Schema,
+    batch_size: int,
+    threshold: float,
+    header: dict,
+) -> None:
+    """read -> score -> write scored, dead letters and stats.json under `staging`."""
+    read_columns = list(dict.fromkeys([*passthrough.names, text_column]))
+    tables = [
+        p | f"ReadParquet[{i}]" >> beam.io.ReadFromParquetBatched(pattern, columns=read_columns)
+        for i, pattern in enumerate(patterns)
+    ] | "FlattenInputs" >> beam.Flatten()
+    results = tables | "Score" >> ScoreRecordBatches(
+        model, text_column, passthrough, batch_size, threshold
+    )
+    scored, dead = results["scored"], results[DEAD_LETTER_TAG]
+    _ = scored | "WriteScored" >> beam.io.WriteToParquetBatched(
+        FileSystems.join(staging, SCORED_PREFIX),
+        scored_schema(passthrough, model),
+        codec="snappy",
+        file_name_suffix=PARQUET_SUFFIX,
+    )
+    _ = dead | "WriteDeadLetter" >> beam.io.WriteToParquetBatched(
+        FileSystems.join(staging, DEAD_LETTER_PREFIX),
+        dead_letter_schema(passthrough),
+        codec="snappy",
+        file_name_suffix=PARQUET_SUFFIX,
+    )
+    read = tables | "CountRead" >> beam.CombineGlobally(SummarizeTables())
+    scored_summary = scored | "CountScored" >> beam.CombineGlobally(
+        SummarizeTables(model.prediction_column())
+    )
+    dead_summary = dead | "CountDeadLetter" >> beam.CombineGlobally(SummarizeTables(REASON_COLUMN))
+    _ = (
+        p
+        | "StatsTrigger" >> beam.Create([None])
+        | "WriteStats"
+        >> beam.Map(
+            _write_stats,
+            FileSystems.join(staging, STATS_FILE),
+            header,
+            read=beam.pvalue.AsSingleton(read),
+            scored=beam.pvalue.AsSingleton(scored_summary),
+            dead=beam.pvalue.AsSingleton(dead_summary),
+        )
+    )
+
+
+def _rows_in_files(pattern: str) -> int:
+    def rows(path):
+        with FileSystems.open(path) as f:
+            return pq.read_metadata(f).num_rows
+
+    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(rows, paths))
+
+
+def _check_counts(staging: str, stats: dict) -> None:
+    """rows read == scored + dead-lettered, and the Parquet files hold exactly those rows."""
+    written = {
+        "rows_scored": _rows_in_files(FileSystems.join(staging, f"{SCORED_PREFIX}-*")),
+        "rows_dead_lettered": _rows_in_files(FileSystems.join(staging, f"{DEAD_LETTER_PREFIX}-*")),
+    }
+    if stats["rows_read"] != stats["rows_scored"] + stats["rows_dead_lettered"]:
+        raise RuntimeError(f"row accounting failed: {stats}")
+    for key, n in written.items():
+        if stats[key] != n:
+            raise RuntimeError(f"{key} is {stats[key]} but the output files hold {n} rows")
+
+
+def score(
+    model_dir: str,
+    inputs: Sequence[str],
+    output: str,
+    text_column: str,
+    id_column: str | None = None,
+    columns: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threshold: float = DEFAULT_THRESHOLD,
+    beam_args: Sequence[str] | None = None,
+) -> dict:
+    """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
+
+    Raises ScoreInputError (before any Beam work) for a bad model directory, inputs or columns.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not model_dir or not inputs or not output or not text_column:
+        raise ScoreInputError("--model_dir, --input, --output and --text_column are required")
+    if batch_size < 1:
+        raise ScoreInputError(f"--batch_size must be at least 1, got {batch_size}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ScoreInputError(f"--threshold must be within [0, 1], got {threshold}")
+    model_dir = model_dir.rstrip("/")
+    model = _load_model_info(model_dir)
+    files = _match_inputs(inputs)
+    with ThreadPoolExecutor(8) as pool:
+        schemas = list(pool.map(_read_schema, files))
+    passthrough = _passthrough_schema(files, schemas, text_column, id_column, columns, model)
+
+    header = {
+        "model_dir": model_dir,
+        "model_version": model.model_version,
+        "multi_label": model.multi_label,
+        "threshold": threshold if model.multi_label else None,
+        "inputs": list(inputs),
+        "input_files": len(files),
+        "text_column": text_column,
+        "id_column": id_column,
+        "columns": passthrough.names,
+        "batch_size": batch_size,
+    }
+    options = PipelineOptions(list(beam_args or []))
+    staging = outputs.staging_dir(output)
+    try:
+        p = _pipeline(options)
+        build_pipeline(
+            p,
+            list(dict.fromkeys(inputs)),
+            staging,
+            model,
+            text_column,
+            passthrough,
+            batch_size,
+            threshold,
+            header,
+        )
+        p.run().wait_until_finish()
+        stats = outputs.read_json(FileSystems.join(staging, STATS_FILE))
+        _check_counts(staging, stats)
+        outputs.finalize(staging, output)
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    _LOG.info(
+        "scored %d rows (%d dead-lettered) into %s",
+        stats["rows_scored"],
+        stats["rows_dead_lettered"],
+        output,
+    )
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    try:
+        stats = score(
+            args.model_dir,
+            args.input or [],
+            args.output,
+            args.text_column,
+            id_column=args.id_column,
+            columns=columns,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            beam_args=beam_args,
+        )
+    except ScoreInputError as err:
+        print(f"textclf score: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        f"scored {stats['rows_scored']} rows, dead-lettered {stats['rows_dead_lettered']} "
+        f"(of {stats['rows_read']} read) into {args.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Batched inference over Arrow tables: the `ScoreRecordBatches` PTransform and what it needs.
+
+This module owns applying an exported text classifier (the training stage's `saved_model/` with its
+raw-text `serving_default` signature, see docs/DESIGN.md Stage 2) to a PCollection of
+`pyarrow.Table`s: splitting rows with unusable text off to a dead-letter table, calling the
+signature once per `batch_size` slice, and appending the prediction columns with numpy/pyarrow
+vectorised code (no Python loop over rows). The model is loaded once per worker process through
+`apache_beam.utils.shared.Shared`. It does not parse flags, match files, read or write Parquet, or
+decide where outputs go: `pipeline/score.py` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from transforms.contracts import (
+    LABELS_TXT,
+    MODEL_CARD_FILE,
+    MODEL_VERSION_COLUMN,
+    OUT_LABELS,
+    OUT_PROBABILITIES,
+    PREDICTED_LABEL_COLUMN,
+    PREDICTED_LABELS_COLUMN,
+    PROBABILITIES_COLUMN,
+    SAVED_MODEL_DIR,
+    SCORE_COLUMN,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+)
+
+# The dead-letter table: the row's pass-through columns plus why it was not scored.
+REASON_COLUMN = "reason"
+REASON_NULL = "text_is_null"
+REASON_EMPTY = "text_is_empty"
+REASON_WHITESPACE = "text_is_whitespace_only"
+REASON_NOT_STRING = "text_is_not_a_string"
+
+DEAD_LETTER_TAG = "dead_letter"
+METRICS_NAMESPACE = "textclf.score"
+DEFAULT_BATCH_SIZE = 1024
+DEFAULT_THRESHOLD = 0.5
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """True for the Arrow types whose values are strings (plain, large, view or dictionary)."""
+    if pa.types.is_dictionary(arrow_type):
+        return is_text_type(arrow_type.value_type)
+    return (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or getattr(pa.types, "is_string_view", lambda _: False)(arrow_type)
+    )
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """What the scorer needs to know about a model directory, read once at pipeline build time."""
+
+    model_dir: str
+    label_names: tuple[str, ...]
+    multi_label: bool
+    model_version: str
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str) -> ScoringModel:
+        """Read labels.txt and model_card.json (any Beam filesystem); no TensorFlow needed.
+
+        Without model_card.json the head is read off the signature (a `labels` output means
+        multi-label) and the version is the model directory's name.
+        """
+        model_dir = model_dir.rstrip("/")
+        with FileSystems.open(FileSystems.join(model_dir, LABELS_TXT)) as f:
+            label_names = tuple(line for line in f.read().decode("utf-8").splitlines() if line)
+        card_path = FileSystems.join(model_dir, MODEL_CARD_FILE)
+        card = {}
+        if FileSystems.exists(card_path):
+            with FileSystems.open(card_path) as f:
+                card = json.loads(f.read().decode("utf-8"))
+        multi_label = card.get("multi_label")
+        if multi_label is None:
+            multi_label = OUT_LABELS in _load_signature(model_dir).structured_outputs
+        version = card.get("model_version") or os.path.basename(model_dir)
+        return cls(model_dir, label_names, bool(multi_label), str(version))
+
+    def prediction_fields(self) -> list[pa.Field]:
+        label_field = (
+            pa.field(PREDICTED_LABELS_COLUMN, pa.list_(pa.string()))
+            if self.multi_label
+            else pa.field(PREDICTED_LABEL_COLUMN, pa.string())
+        )
+        return [
+            label_field,
+            pa.field(SCORE_COLUMN, pa.float32()),
+            pa.field(PROBABILITIES_COLUMN, pa.list_(pa.float32())),
+            pa.field(MODEL_VERSION_COLUMN, pa.string()),
+        ]
+
+    def prediction_column(self) -> str:
+        return PREDICTED_LABELS_COLUMN if self.multi_label else PREDICTED_LABEL_COLUMN
+
+
+def scored_schema(passthrough: pa.Schema, model: ScoringModel) -> pa.Schema:
+    """The scored Parquet's schema: the pass-through columns unchanged, then the predictions."""
+    return pa.schema([*passthrough, *model.prediction_fields()])
+
+
+def dead_letter_schema(passthrough: pa.Schema) -> pa.Schema:
+    return pa.schema([*passthrough, pa.field(REASON_COLUMN, pa.string(), nullable=False)])
+
+
+def _load_signature(model_dir: str):
+    import tensorflow as tf  # imported here so building a pipeline does not pay for TensorFlow
+
+    return tf.saved_model.load(FileSystems.join(model_dir, SAVED_MODEL_DIR)).signatures[
+        SERVING_SIGNATURE
+    ]
+
+
+class LoadedModel:
+    """A loaded serving signature; one per worker process, shared by every DoFn instance.
+
+    A plain class (not a dict or tuple) because `Shared` keeps weak references to what it holds.
+    """
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = tf.saved_model.load(FileSystems.join(model_dir, SAVED_MODEL_DIR))
+        self.signature = self._loaded.signatures[SERVING_SIGNATURE]
+
+    def probabilities(self, texts: pa.Array) -> np.ndarray:
+        """One signature call over a string array with no nulls: float32[len(texts), K]."""
+        batch = self._tf.constant(texts.to_numpy(zero_copy_only=False), dtype=self._tf.string)
+        return self.signature(**{SERVING_INPUT: batch})[OUT_PROBABILITIES].numpy()
+
+
+def _as_plain_strings(text) -> pa.Array:
+    """A text column (any string-like Arrow type, chunked or not) as one plain `string` array."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks() if text.num_chunks != 1 else text.chunk(0)
+    if pa.types.is_dictionary(text.type):
+        text = text.dictionary_decode()
+    if not pa.types.is_string(text.type):
+        text = text.cast(pa.string())
+    return text
+
+
+def unusable_text_reasons(text: pa.Array) -> pa.Array:
+    """Per row: null where the text can be scored, else the dead-letter reason (vectorised)."""
+    length = pc.utf8_length(text)
+    trimmed_length = pc.utf8_length(pc.utf8_trim_whitespace(text))
+    reason = pc.if_else(
+        pc.is_null(text),
+        pa.scalar(REASON_NULL),
+        pc.if_else(
+            pc.equal(length, 0),
+            pa.scalar(REASON_EMPTY),
+            pc.if_else(
+                pc.equal(trimmed_length, 0),
+                pa.scalar(REASON_WHITESPACE),
+                pa.scalar(None, pa.string()),
+            ),
+        ),
+    )
+    return reason
+
+
+def prediction_arrays(
+    probabilities: np.ndarray, model: ScoringModel, threshold: float
+) -> list[pa.Array]:
+    """The prediction columns, in `ScoringModel.prediction_fields()` order, from probabilities."""
+    rows, num_classes = probabilities.shape
+    names = pa.array(model.label_names, pa.string())
+    if model.multi_label:
+        chosen = probabilities >= threshold
+        _, classes = np.nonzero(chosen)  # row-major, so classes come grouped by row, in index order
+        offsets = np.zeros(rows + 1, dtype=np.int32)
+        np.cumsum(chosen.sum(axis=1), out=offsets[1:])
+        label_column = pa.ListArray.from_arrays(pa.array(offsets), names.take(pa.array(classes)))
+    else:
+        label_column = names.take(pa.array(np.argmax(probabilities, axis=1)))
+    flat = pa.array(np.ascontiguousarray(probabilities, dtype=np.float32).reshape(-1))
+    probability_column = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, rows * num_classes + 1, num_classes, dtype=np.int32)), flat
+    )
+    return [
+        label_column,
+        pa.array(probabilities.max(axis=1, initial=0.0).astype(np.float32)),
+        probability_column,
+        pa.repeat(pa.scalar(model.model_version, pa.string()), rows),
+    ]
+
+
+class ScoreTablesFn(beam.DoFn):
+    """Scores each input table; the main output is the scored table, `dead_letter` the rest.
+
+    One output table per input table (a Parquet row group in, a row group out), so output row
+    groups keep the input's size however small `batch_size` is.
+    """
+
+    def __init__(
+        self,
+        model: ScoringModel,
+        text_column: str,
+        passthrough: pa.Schema,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threshold: float = DEFAULT_THRESHOLD,
+    ):
+        self._model = model
+        self._text_column = text_column
+        self._passthrough = passthrough
+        self._scored_schema = scored_schema(passthrough, model)
+        self._dead_schema = dead_letter_schema(passthrough)
+        self._batch_size = batch_size
+        self._threshold = threshold
+        self._shared_handle = shared.Shared()
+        self._rows_scored = Metrics.counter(METRICS_NAMESPACE, "rows_scored")
+        self._rows_dead = Metrics.counter(METRICS_NAMESPACE, "rows_dead_lettered")
+        self._batches = Metrics.counter(METRICS_NAMESPACE, "batches")
+        self._load_ms = Metrics.distribution(METRICS_NAMESPACE, "model_load_ms")
+
+    def setup(self):
+        def load():
+            start = time.monotonic()
+            loaded = LoadedModel(self._model.model_dir)
+            self._load_ms.update(int((time.monotonic() - start) * 1000))
+            return loaded
+
+        self._loaded = self._shared_handle.acquire(load, tag=self._model.model_dir)
+
+    def process(self, table: pa.Table) -> Iterable:
+        passthrough = table.select(self._passthrough.names)
+        if not passthrough.schema.equals(self._passthrough):
+            passthrough = passthrough.cast(self._passthrough)
+        text = table.column(self._text_column)
+        if not is_text_type(text.type):
+            reasons = pa.repeat(pa.scalar(REASON_NOT_STRING), table.num_rows)
+            yield from self._dead_letter(passthrough, reasons)
+            return
+        text = _as_plain_strings(text)
+        reasons = unusable_text_reasons(text)
+        if reasons.null_count != len(reasons):
+            usable = pc.is_null(reasons)
+            yield from self._dead_letter(
+                passthrough.filter(pc.invert(usable)), reasons.filter(pc.invert(usable))
+            )
+            passthrough, text = passthrough.filter(usable), text.filter(usable)
+        if passthrough.num_rows == 0:
+            return
+        chunks = []
+        for start in range(0, len(text), self._batch_size):
+            chunks.append(self._loaded.probabilities(text.slice(start, self._batch_size)))
+            self._batches.inc()
+        probabilities = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        columns = [
+            *passthrough.columns,
+            *prediction_arrays(probabilities, self._model, self._threshold),
+        ]
+        self._rows_scored.inc(passthrough.num_rows)
+        yield pa.Table.from_arrays(columns, schema=self._scored_schema)
+
+    def _dead_letter(self, passthrough: pa.Table, reasons: pa.Array):
+        if passthrough.num_rows:
+            self._rows_dead.inc(passthrough.num_rows)
+            table = pa.Table.from_arrays([*passthrough.columns, reasons], schema=self._dead_schema)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, table)
+
+
+class ScoreRecordBatches(beam.PTransform):
+    """PCollection[pa.Table] -> {'scored': PCollection[pa.Table], 'dead_letter': ...}.
+
+    Input tables hold `text_column` and every column of `passthrough`; scored tables have the
+    schema `scored_schema(passthrough, model)`, dead-letter tables `dead_letter_schema(passthrough)`.
+    """
+
+    def __init__(
+        self,
+        model: ScoringModel,
+        text_column: str,
+        passthrough: pa.Schema,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threshold: float = DEFAULT_THRESHOLD,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._fn = ScoreTablesFn(model, text_column, passthrough, batch_size, threshold)
+
+    def expand(self, tables):
+        results = tables | "ScoreTables" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTER_TAG, main="scored"
+        )
+        return {"scored": results.scored, DEAD_LETTER_TAG: results[DEAD_LETTER_TAG]}
+
+
+class SummarizeTables(beam.CombineFn):
+    """Rows in a PCollection of tables, and optionally the counts of one column's values.
+
+    Counting from the tables themselves (not from metrics) is what lets stats.json check that rows
+    read == rows scored + rows dead-lettered. A list column's values are counted one by one.
+    """
+
+    def __init__(self, count_column: str | None = None):
+        self._count_column = count_column
+
+    def create_accumulator(self):
+        return {"rows": 0, "counts": {}}
+
+    def add_input(self, acc, table: pa.Table):
+        acc["rows"] += table.num_rows
+        if self._count_column is not None and table.num_rows:
+            values = table.column(self._count_column)
+            if pa.types.is_list(values.type):
+                values = pc.list_flatten(values)
+            for item in pc.value_counts(values).to_pylist():  # one entry per distinct value
+                key = "null" if item["values"] is None else item["values"]
+                acc["counts"][key] = acc["counts"].get(key, 0) + item["counts"]
+        return acc
+
+    def merge_accumulators(self, accumulators: Sequence[dict]):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            merged["rows"] += acc["rows"]
+            for key, n in acc["counts"].items():
+                merged["counts"][key] = merged["counts"].get(key, 0) + n
+        return merged
+
+    def extract_output(self, acc):
+        return acc
