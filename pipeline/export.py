@@ -1,0 +1,111 @@
+"""Writes a trained model's artifacts: the raw-text SavedModel and the two PNG reports.
+
+The SavedModel carries the tf.Transform graph (`TFTransformOutput.transform_features_layer()`)
+and the Keras model behind one `serving_default(text: string[None])` endpoint, so serving cannot
+drift from the preprocessing the model was trained on. This module writes into a directory it is
+given (the training stage's staging dir); finalizing and `_SUCCESS` are the caller's job.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from transforms.contracts import SERVING_INPUT, SERVING_SIGNATURE, TEXT_KEY, TOKEN_IDS_KEY
+from transforms.model import Head, serving_outputs
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+F1_BARS_PNG = "per_class_f1.png"
+
+
+def export_saved_model(
+    model: keras.Model,
+    tft_output: tft.TFTransformOutput,
+    label_vocabulary: list[str],
+    head: Head,
+    path: str,
+) -> None:
+    """raw text -> tf.Transform graph -> model -> probabilities and class names, at `path`."""
+    transform_layer = tft_output.transform_features_layer()
+    class_names = tf.constant(label_vocabulary, dtype=tf.string)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(text):
+        features = transform_layer({TEXT_KEY: text})
+        probabilities = model(features[TOKEN_IDS_KEY], training=False)
+        return serving_outputs(probabilities, class_names, head)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(transform_layer)
+    archive.add_endpoint(SERVING_SIGNATURE, serve)
+    archive.write_out(path, verbose=False)
+
+
+def plot_training_curves(history: dict[str, list[float]], path: str) -> None:
+    """Loss and the other metrics per epoch, train beside validation."""
+    metric_names = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(5 * len(metric_names), 4))
+    for ax, name in zip(np.atleast_1d(axes), metric_names, strict=True):
+        epochs = range(1, len(history[name]) + 1)
+        ax.plot(epochs, history[name], marker="o", label="train")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], marker="o", label="eval")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(counts: list[list[int]], class_names: list[str], path: str) -> None:
+    counts = np.asarray(counts)
+    size = max(5, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(class_names) <= 25:
+        for (i, j), n in np.ndenumerate(counts):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=6)
+    ax.set_title("eval confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_class_f1(per_class: dict[str, dict], path: str) -> None:
+    names = list(per_class)
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(names) + 2), 4))
+    ax.bar(range(len(names)), [per_class[n]["f1"] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 at threshold")
+    ax.set_title("eval F1 per class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_reports(history: dict, metrics: dict, class_names: list[str], head: Head, out: str):
+    """The two PNGs: training curves, then the confusion matrix or the per-class F1 bars."""
+    plot_training_curves(history, os.path.join(out, CURVES_PNG))
+    if head.multi_label:
+        plot_per_class_f1(metrics["per_class"], os.path.join(out, F1_BARS_PNG))
+    else:
+        plot_confusion_matrix(
+            metrics["confusion_matrix"], class_names, os.path.join(out, CONFUSION_PNG)
+        )
