@@ -31,7 +31,7 @@ def staging_dir(out: str) -> str:
     """A fresh sibling of `out` that no reader takes for a finished output."""
     out = out.rstrip("/")
     parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     staging = FileSystems.join(parent or ".", f".{name}.inprogress-{stamp}-{uuid.uuid4().hex[:8]}")
     if is_local(staging):
         os.makedirs(staging)
@@ -72,7 +72,7 @@ def finalize(staging: str, out: str) -> None:
     out = out.rstrip("/")
     if is_local(out):
         success = os.path.join(staging, SUCCESS_FILE)
-        write_text(success, _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
+        write_text(success, _dt.datetime.now(_dt.UTC).isoformat() + "\n")
         old = None
         if os.path.exists(out):
             old = f"{out}.replaced-{uuid.uuid4().hex[:8]}"
@@ -89,5 +89,5 @@ def finalize(staging: str, out: str) -> None:
     sources = [m.path for m in FileSystems.match([staging.rstrip("/") + "/**"])[0].metadata_list]
     FileSystems.rename(sources, [out + s[len(staging.rstrip("/")):] for s in sources])
     write_text(FileSystems.join(out, SUCCESS_FILE),
-               _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
+               _dt.datetime.now(_dt.UTC).isoformat() + "\n")
     discard(staging)

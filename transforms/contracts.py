@@ -12,6 +12,7 @@ SPLIT_KEY = "split"  # pass-through column, "train" or "eval", never part of the
 
 # Transformed features in the TFRecords.
 TOKEN_IDS_KEY = "token_ids"  # int64[sequence_length]
+NUM_TOKENS_KEY = "num_tokens"  # int64 scalar: tokens in the text before padding/truncation
 LABEL_KEY = "label"  # int64 scalar, single-label
 LABELS_KEY = "labels"  # float32[num_classes] multi-hot, multi-label
 

@@ -1,0 +1,320 @@
+"""`textclf preprocess`: a text corpus -> padded, split, gzipped TFRecords plus the transform graph.
+
+Reads CSV / JSON Lines / Parquet with `transforms.corpus_io`, validates rows (dead letters with
+reasons), runs tf.Transform (`transforms.text_preprocessing`) to build the vocabulary over the
+whole corpus and map text to fixed-length id sequences, splits train/eval by a stable hash, and
+writes the directory described in docs/DESIGN.md (stage 1) through a staging directory, with
+`_SUCCESS` last. This module owns the flags, the before-any-work checks and the wiring; the work
+itself lives in `transforms/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import outputs
+from transforms.contracts import (
+    CONFIG_FILE,
+    DEAD_LETTER_PREFIX,
+    EVAL,
+    EXIT_BAD_INPUT,
+    LABEL_VOCAB_NAME,
+    RAW_LABEL_KEY,
+    SPLIT_KEY,
+    SPLITS,
+    STATS_FILE,
+    TEXT_KEY,
+    TFRECORD_SUFFIX,
+    TOKEN_VOCAB_NAME,
+    TRAIN,
+    TRANSFORM_FN_DIR,
+)
+
+_LOG = logging.getLogger("textclf.preprocess")
+_PARTIAL_STATS = "_pipeline_stats.json"
+
+
+class PreprocessOptions(PipelineOptions):
+    """The preprocess stage's flags; Beam's own flags (--runner, ...) live beside them."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", nargs="+", required=True, metavar="PATTERN",
+                            help="input file patterns (local paths or any Beam filesystem URI)")
+        parser.add_argument("--output_dir", required=True,
+                            help="output directory; written to a staging dir, then finalized")
+        parser.add_argument("--text_column", default="text", help="column holding the text")
+        parser.add_argument("--label_column", default="label", help="column holding the label(s)")
+        parser.add_argument("--id_column", default=None,
+                            help="optional column whose value decides the split (else the text)")
+        parser.add_argument("--format", default="auto", choices=("auto", "csv", "jsonl", "parquet"),
+                            help="input format (default: from each file's extension)")
+        parser.add_argument("--csv_delimiter", default=",", help="CSV field delimiter")
+        parser.add_argument("--multi_label", action="store_true",
+                            help="several labels per row (list column or --label_delimiter)")
+        parser.add_argument("--label_delimiter", default=None,
+                            help="multi-label: split string label cells on this delimiter")
+        parser.add_argument("--max_tokens", type=int, default=20000,
+                            help="vocabulary size cap, most frequent first (0: no cap)")
+        parser.add_argument("--min_frequency", type=int, default=1,
+                            help="drop tokens seen fewer times than this")
+        parser.add_argument("--sequence_length", type=int, default=100,
+                            help="pad/truncate every text to this many token ids")
+        parser.add_argument("--num_oov_buckets", type=int, default=1,
+                            help="hash buckets for out-of-vocabulary tokens")
+        parser.add_argument("--eval_fraction", type=float, default=0.1,
+                            help="fraction of rows in the eval split (stable hash)")
+        parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                            help="lowercase text (Unicode) before tokenizing")
+        parser.add_argument("--strip_punctuation", action=argparse.BooleanOptionalAction,
+                            default=False, help="replace punctuation and symbols with spaces")
+        parser.add_argument("--vocabulary_path", default="fast", choices=("fast", "textbook"),
+                            help="vocabulary analyzer: pyarrow-counted (fast) or "
+                            "tft.compute_and_apply_vocabulary (textbook); same output")
+        parser.add_argument("--batch_rows", type=int, default=4096,
+                            help="rows per record batch handed to tf.Transform")
+
+
+def _settings(opts: PreprocessOptions):
+    from transforms.text_preprocessing import TextSettings
+
+    return TextSettings(sequence_length=opts.sequence_length, max_tokens=opts.max_tokens,
+                        min_frequency=opts.min_frequency, num_oov_buckets=opts.num_oov_buckets,
+                        lowercase=opts.lowercase, strip_punctuation=opts.strip_punctuation,
+                        multi_label=opts.multi_label,
+                        fast_vocabulary=opts.vocabulary_path == "fast")
+
+
+def _spec(opts: PreprocessOptions):
+    from transforms.corpus_io import CorpusSpec
+
+    return CorpusSpec(patterns=tuple(opts.input), format=opts.format,
+                      text_column=opts.text_column, label_column=opts.label_column,
+                      id_column=opts.id_column, multi_label=opts.multi_label,
+                      label_delimiter=opts.label_delimiter, eval_fraction=opts.eval_fraction,
+                      csv_delimiter=opts.csv_delimiter)
+
+
+def check_settings(opts: PreprocessOptions) -> None:
+    from transforms.corpus_io import CorpusError
+
+    if opts.sequence_length < 1:
+        raise CorpusError("--sequence_length must be at least 1")
+    if opts.max_tokens < 0 or opts.min_frequency < 1 or opts.num_oov_buckets < 0:
+        raise CorpusError("--max_tokens >= 0, --min_frequency >= 1, --num_oov_buckets >= 0")
+    if not 0.0 <= opts.eval_fraction < 1.0:
+        raise CorpusError("--eval_fraction must be in [0, 1)")
+    if opts.label_delimiter and not opts.multi_label:
+        raise CorpusError("--label_delimiter only makes sense with --multi_label")
+    if opts.batch_rows < 1:
+        raise CorpusError("--batch_rows must be at least 1")
+
+
+def _tensor_adapter_config(multi_label: bool):
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.tfxio import tensor_adapter
+
+    from transforms.corpus_io import tft_input_schema
+
+    rep = schema_pb2.TensorRepresentation
+
+    def dense(column):
+        return rep(dense_tensor=rep.DenseTensor(column_name=column, shape=schema_pb2.FixedShape()))
+
+    label = (rep(varlen_sparse_tensor=rep.VarLenSparseTensor(column_name=RAW_LABEL_KEY))
+             if multi_label else dense(RAW_LABEL_KEY))
+    return tensor_adapter.TensorAdapterConfig(tft_input_schema(multi_label),
+                                              {TEXT_KEY: dense(TEXT_KEY), RAW_LABEL_KEY: label})
+
+
+def _rebatch(batch, rows: int):
+    """Tables (Parquet row groups) and large blocks -> record batches of at most `rows` rows."""
+    yield from batch.to_batches(max_chunksize=rows) if hasattr(batch, "to_batches") \
+        else (batch.slice(start, rows) for start in range(0, batch.num_rows, rows))
+
+
+def _vocabulary_size(transform_fn_dir: str) -> int:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{transform_fn_dir}/assets/{TOKEN_VOCAB_NAME}", "rb") as f:
+        return sum(1 for line in f.read().split(b"\n") if line)
+
+
+def _dead_letter_json(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True,
+                      default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes)
+                      else str(v))
+
+
+def _parse_error_stats(record: dict) -> dict:
+    return {"rows_read": 1, "dead_lettered": {record["reason"].split(":")[0]: 1}}
+
+
+def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
+                   batch_rows: int, temp_dir: str) -> None:
+    """The stage's graph: read twice (analyze, transform: nothing held in memory), write."""
+    import tensorflow_transform.beam as tft_beam
+
+    from transforms import corpus_io, tfrecords
+    from transforms.text_preprocessing import make_preprocessing_fn
+
+    adapter = _tensor_adapter_config(settings.multi_label)
+    preprocessing_fn = make_preprocessing_fn(settings)
+
+    def read(label: str):
+        raw = p | f"ReadCorpus[{label}]" >> corpus_io.ReadCorpus(spec, files)
+        rows = (raw["batches"]
+                | f"Rebatch[{label}]" >> beam.FlatMap(_rebatch, batch_rows)
+                | f"ValidateAndSplit[{label}]" >> beam.ParDo(corpus_io.ValidateAndSplit(spec))
+                .with_outputs(corpus_io.DEAD_LETTER_TAG, corpus_io.STATS_TAG, main="rows"))
+        return raw, rows
+
+    _, analysis_rows = read("analyze")
+    raw, rows = read("transform")
+    with tft_beam.Context(temp_dir=temp_dir, passthrough_keys={SPLIT_KEY}):
+        transform_fn = ((analysis_rows.rows, adapter)
+                        | "AnalyzeCorpus" >> tft_beam.AnalyzeDataset(preprocessing_fn))
+        transformed, _ = (((rows.rows, adapter), transform_fn)
+                          | "TransformCorpus" >> tft_beam.TransformDataset(
+                              output_record_batches=True))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging)
+    vocab_size = transform_fn[0] | "VocabularySize" >> beam.Map(_vocabulary_size)
+    encoded = transformed | "SplitAndEncode" >> beam.ParDo(
+        tfrecords.SplitAndEncode(), beam.pvalue.AsSingleton(vocab_size)).with_outputs(
+        TRAIN, EVAL, tfrecords.STATS_TAG)
+    for split in SPLITS:
+        _ = encoded[split] | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX,
+            compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+    dead = ((raw[corpus_io.DEAD_LETTER_TAG], rows[corpus_io.DEAD_LETTER_TAG])
+            | "FlattenDeadLetters" >> beam.Flatten())
+    _ = (dead | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
+         | "WriteDeadLetters" >> beam.io.WriteToText(f"{staging}/{DEAD_LETTER_PREFIX}",
+                                                     file_name_suffix=".jsonl"))
+    parse_errors = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> beam.Map(
+        _parse_error_stats)
+    _ = ((rows[corpus_io.STATS_TAG], encoded[tfrecords.STATS_TAG], parse_errors)
+         | "FlattenStats" >> beam.Flatten()
+         | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats)
+         | "StatsToJson" >> beam.Map(json.dumps)
+         | "WriteStats" >> beam.io.WriteToText(f"{staging}/{_PARTIAL_STATS}",
+                                               shard_name_template="", num_shards=1))
+
+
+def _final_stats(staging: str, settings, elapsed: float) -> tuple[dict, dict]:
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.tfrecords import length_quantiles
+
+    partial_path = f"{staging}/{_PARTIAL_STATS}"
+    raw = json.loads(outputs.read_text(partial_path) or "{}")
+    FileSystems.delete([partial_path])
+    transform_dir = f"{staging}/{TRANSFORM_FN_DIR}"
+    vocab_size = _vocabulary_size(transform_dir)
+    label_vocabulary = [line for line in outputs.read_text(
+        f"{transform_dir}/assets/{LABEL_VOCAB_NAME}").split("\n") if line]
+    written = {s: raw.get("rows_written", {}).get(s, 0) for s in SPLITS}
+    dead = raw.get("dead_lettered", {})
+    rows_read = raw.get("rows_read", 0)
+    histogram = {int(k): v for k, v in raw.get("length_histogram", {}).items()}
+    truncated = sum(v for k, v in histogram.items() if k > settings.sequence_length)
+    window = raw.get("tokens_in_window", 0)
+    stats = {
+        "rows_read": rows_read,
+        "rows_written": written,
+        "rows_dead_lettered": sum(dead.values()),
+        "dead_letter_reasons": dead,
+        "rows_accounted": rows_read == sum(written.values()) + sum(dead.values()),
+        "label_counts": raw.get("labels", {}),
+        "token_length_quantiles": length_quantiles(histogram),
+        "rows_truncated": truncated,
+        "vocab_size": vocab_size,
+        "oov_rate": (raw.get("oov_in_window", 0) / window) if window else 0.0,
+        "num_classes": len(label_vocabulary),
+        "seconds": round(elapsed, 2),
+        "docs_per_second": round(rows_read / elapsed, 1) if elapsed else None,
+    }
+    config = dict(dataclasses.asdict(settings),
+                  vocab_size=vocab_size,
+                  id_vocabulary_size=1 + vocab_size + settings.num_oov_buckets,
+                  num_classes=len(label_vocabulary),
+                  label_vocabulary=label_vocabulary)
+    return stats, config
+
+
+def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
+    """Check inputs, run the pipeline, finalize the output; return stats.json's content.
+
+    Raises transforms.corpus_io.CorpusError (before any pipeline work) for unusable input.
+    """
+    from transforms.corpus_io import inspect_corpus
+
+    check_settings(opts)
+    spec, settings = _spec(opts), _settings(opts)
+    files = inspect_corpus(spec)
+    _LOG.info("preprocess: %d input file(s) -> %s", len(files), opts.output_dir)
+    staging = outputs.staging_dir(opts.output_dir)
+    temp_location = beam_options.view_as(
+        beam.options.pipeline_options.GoogleCloudOptions).temp_location
+    temp_dir = f"{temp_location.rstrip('/')}/tft" if temp_location else f"{staging}/_tft_tmp"
+    start = time.time()
+    try:
+        with beam.Pipeline(options=beam_options) as p:
+            build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir)
+        stats, config = _final_stats(staging, settings, time.time() - start)
+        config.update(input=list(opts.input), files=sorted(files), text_column=spec.text_column,
+                      label_column=spec.label_column, id_column=spec.id_column,
+                      label_delimiter=spec.label_delimiter, eval_fraction=spec.eval_fraction)
+        outputs.write_json(f"{staging}/{STATS_FILE}", stats)
+        outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
+        if not temp_location:
+            outputs.discard(temp_dir)
+        outputs.finalize(staging, opts.output_dir)
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    _LOG.info("preprocess: %d rows read, %s written, %d dead-lettered in %.1fs",
+              stats["rows_read"], stats["rows_written"], stats["rows_dead_lettered"],
+              stats["seconds"])
+    return stats
+
+
+def beam_defaults(beam_args: list[str]) -> list[str]:
+    """Default to the in-process DirectRunner when the user names no runner."""
+    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        beam_args = ["--runner=DirectRunner", *beam_args]
+    return beam_args
+
+
+def parse(argv: list[str]) -> tuple[PreprocessOptions, PipelineOptions]:
+    parser = argparse.ArgumentParser(
+        prog="textclf preprocess",
+        description="Corpus (CSV, JSONL, Parquet) -> padded, split, gzipped TFRecords and the "
+        "tf.Transform graph. Unknown flags are Beam pipeline options (--runner, ...).")
+    PreprocessOptions._add_argparse_args(parser)
+    known, beam_args = parser.parse_known_args(argv)
+    beam_args = beam_defaults(beam_args)
+    own = [a for a in argv if a not in beam_args]
+    options = PipelineOptions(beam_args + own)
+    return options.view_as(PreprocessOptions), options
+
+
+def main(argv: list[str]) -> int:
+    from transforms.corpus_io import CorpusError
+
+    opts, options = parse(argv)
+    try:
+        stats = preprocess(opts, options)
+    except CorpusError as err:
+        print(f"textclf preprocess: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(stats, indent=2))
+    return 0 if stats["rows_accounted"] else 1

@@ -1,0 +1,471 @@
+"""Reading text corpora (CSV, JSON Lines, Parquet) as Arrow record batches, and checking them.
+
+`ReadCorpus` yields `pyarrow.RecordBatch`es holding just the columns the job needs, read by
+pyarrow's streaming readers (CSV, JSON) or Beam's `ReadFromParquetBatched` (Parquet, with column
+projection pushed to the file); never per-row dicts. `ValidateAndSplit` turns each raw batch into
+the tf.Transform input batch (text, raw_label, split as 1-element list columns, which is how
+tfx_bsl's TensorAdapter takes dense values) and sends unusable rows to a dead-letter output with
+the reason. `inspect_corpus` is the before-any-work check used by the pipeline module.
+
+This module owns the file formats and row-level validity; the split rule is a stable hash
+(TensorFlow's Fingerprint64 of the text, or of an id column) so reruns give the same split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.contracts import EVAL, RAW_LABEL_KEY, SPLIT_KEY, TEXT_KEY, TRAIN
+
+FORMATS = ("csv", "jsonl", "parquet")
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+DEAD_LETTER_TAG = "dead_letter"
+STATS_TAG = "stats"
+_SPLIT_BUCKETS = 10_000
+_READ_BLOCK_BYTES = 4 << 20
+_FALLBACK_BATCH_ROWS = 4096
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be used as given; the message says what was wrong and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """Where the corpus is and how to read it; plain values so it pickles to workers."""
+
+    patterns: tuple[str, ...]
+    format: str
+    text_column: str
+    label_column: str
+    id_column: str | None = None
+    multi_label: bool = False
+    label_delimiter: str | None = None
+    eval_fraction: float = 0.1
+    csv_delimiter: str = ","
+
+    @property
+    def columns(self) -> list[str]:
+        cols = [self.text_column, self.label_column]
+        if self.id_column and self.id_column not in cols:
+            cols.append(self.id_column)
+        return cols
+
+
+def format_for(path: str, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    name = path[:-3] if path.endswith(".gz") else path
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise CorpusError(f"cannot tell the format of '{path}' from its extension; pass "
+                          f"--format {'|'.join(FORMATS)}")
+    return _EXTENSIONS[ext]
+
+
+def _csv_options(spec: CorpusSpec, columns: list[str]):
+    read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
+    parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True)
+    # Text and labels stay bytes here so a bad byte fails one row (dead letter), not the file.
+    convert = pacsv.ConvertOptions(include_columns=columns,
+                                   column_types={c: pa.binary() for c in columns},
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    return read, parse, convert
+
+
+def _open(path: str):
+    compression = "gzip" if path.endswith(".gz") else "uncompressed"
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return FileSystems.open(path, compression_type=CompressionTypes(compression)
+                            if compression == "gzip" else CompressionTypes.UNCOMPRESSED)
+
+
+def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
+    """The schema of a file as this module would read it (first block only for CSV/JSONL)."""
+    if fmt == "parquet":
+        with FileSystems.open(path) as f:
+            return pq.read_schema(f)
+    with _open(path) as f:
+        head = f.read(_READ_BLOCK_BYTES)
+    if fmt == "csv":
+        read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
+        parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True)
+        reader = pacsv.open_csv(io.BytesIO(head), read_options=read, parse_options=parse)
+        return reader.schema
+    # JSONL: parse the complete lines of the first block with Python, to see the types users meant.
+    fields: dict[str, set] = {}
+    for line in head.split(b"\n")[:-1] or head.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                fields.setdefault(key, set()).add(type(value).__name__)
+    type_of = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+               "list": pa.list_(pa.string()), "dict": pa.struct([]), "NoneType": pa.null()}
+    schema_fields = []
+    for key, kinds in fields.items():
+        kinds.discard("NoneType")
+        kind = sorted(kinds)[0] if len(kinds) == 1 else ("str" if "str" in kinds else "NoneType")
+        schema_fields.append(pa.field(key, type_of.get(kind, pa.string())))
+    return pa.schema(schema_fields)
+
+
+def _is_textual(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+        or pa.types.is_large_binary(t) or pa.types.is_null(t)
+
+
+def _is_label_scalar(t: pa.DataType) -> bool:
+    return _is_textual(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) \
+        or pa.types.is_dictionary(t)
+
+
+def _is_label_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_label_scalar(t.value_type)
+
+
+def inspect_corpus(spec: CorpusSpec) -> dict:
+    """Check files, columns and types before any pipeline work; return {file: format}.
+
+    Raises CorpusError with a one-line message that names the file and what to do.
+    """
+    files: dict[str, str] = {}
+    for pattern, result in zip(spec.patterns, FileSystems.match(list(spec.patterns))):
+        matched = [m.path for m in result.metadata_list]
+        if not matched:
+            raise CorpusError(f"no input file matches '{pattern}'")
+        for path in matched:
+            files[path] = format_for(path, spec.format if spec.format != "auto" else None)
+    for path, fmt in files.items():
+        try:
+            schema = read_sample_schema(path, fmt, spec)
+        except (OSError, pa.ArrowException) as err:
+            raise CorpusError(f"cannot read {path} as {fmt}: {str(err).splitlines()[0]}") from err
+        names = schema.names
+        for role, column in (("text", spec.text_column), ("label", spec.label_column),
+                             ("id", spec.id_column)):
+            if column and column not in names:
+                if fmt == "jsonl" and not names:
+                    raise CorpusError(f"{path} has no JSON object lines in its first block")
+                raise CorpusError(f"{role} column '{column}' not found in {path}; columns are: "
+                                  f"{', '.join(names) or '(none)'}")
+        if fmt == "csv":
+            continue  # every CSV cell is text; its labels and ids are read as strings
+        text_type = schema.field(spec.text_column).type
+        if not _is_textual(text_type):
+            raise CorpusError(f"text column '{spec.text_column}' in {path} holds {text_type}, "
+                              "not text; choose a string column with --text_column")
+        label_type = schema.field(spec.label_column).type
+        if _is_label_list(label_type):
+            if not spec.multi_label:
+                raise CorpusError(f"label column '{spec.label_column}' in {path} holds lists "
+                                  f"({label_type}); pass --multi_label for multi-label data")
+        elif not _is_label_scalar(label_type):
+            raise CorpusError(f"label column '{spec.label_column}' in {path} holds {label_type}; "
+                              "labels must be strings, integers, booleans or (multi-label) lists")
+    return files
+
+
+class _ReadDelimitedFile(beam.DoFn):
+    """One CSV or JSONL file -> record batches of the needed columns, streamed block by block.
+
+    A JSONL file that pyarrow cannot parse as a whole (a bad line, a bad byte, a type that
+    changes mid-file) is re-read line by line from where the fast reader stopped; bad lines
+    become dead letters instead of failing the job.
+    """
+
+    def __init__(self, spec: CorpusSpec, fmt: str):
+        self._spec = spec
+        self._fmt = fmt
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        columns = self._spec.columns
+        if self._fmt == "csv":
+            read, parse, convert = _csv_options(self._spec, columns)
+            bad_rows = []
+
+            def on_invalid_row(row):
+                bad_rows.append(row)
+                return "skip"
+
+            parse = pacsv.ParseOptions(delimiter=parse.delimiter, newlines_in_values=True,
+                                       invalid_row_handler=on_invalid_row)
+            with _open(path) as f:
+                for batch in pacsv.open_csv(f, read_options=read, parse_options=parse,
+                                            convert_options=convert):
+                    yield batch
+                    yield from self._dead_rows(path, bad_rows)
+            yield from self._dead_rows(path, bad_rows)
+            return
+        emitted = 0
+        try:
+            with _open(path) as f:
+                reader = pajson.open_json(f, read_options=pajson.ReadOptions(
+                    block_size=_READ_BLOCK_BYTES))
+                for batch in reader:
+                    batch = _select(batch, columns)
+                    emitted += batch.num_rows
+                    yield batch
+            return
+        except pa.ArrowException:
+            pass
+        yield from self._read_jsonl_by_line(path, columns, skip=emitted)
+
+    def _dead_rows(self, path, bad_rows):
+        while bad_rows:
+            row = bad_rows.pop(0)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
+                "source": path, "row": {"line": row.text}, "reason":
+                f"malformed CSV row near line {row.actual_columns and row.number}: expected "
+                f"{row.expected_columns} fields, found {row.actual_columns}"})
+
+    def _read_jsonl_by_line(self, path, columns, skip):
+        rows, seen = [], 0
+        with _open(path) as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                seen += 1
+                if seen <= skip:
+                    continue
+                try:
+                    obj = json.loads(raw)
+                    if not isinstance(obj, dict):
+                        raise ValueError("line is not a JSON object")
+                except ValueError as err:
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
+                        "source": path, "row": {"line": raw.decode("utf-8", "replace")},
+                        "reason": f"line {number} is not valid JSON: {err}"})
+                    continue
+                rows.append({c: obj.get(c) for c in columns})
+                if len(rows) >= _FALLBACK_BATCH_ROWS:
+                    yield _rows_to_batch(rows, columns)
+                    rows = []
+        if rows:
+            yield _rows_to_batch(rows, columns)
+
+
+def _rows_to_batch(rows: list[dict], columns: list[str]) -> pa.RecordBatch:
+    """Slow path only (a JSONL file pyarrow refused): cells keep their JSON types as strings."""
+    arrays = []
+    for c in columns:
+        values = [r[c] for r in rows]
+        if any(isinstance(v, list) for v in values):
+            arrays.append(pa.array([None if v is None else [str(x) for x in v]
+                                    if isinstance(v, list) else [str(v)] for v in values],
+                                   pa.list_(pa.string())))
+        else:
+            arrays.append(pa.array([None if v is None else v if isinstance(v, str) else
+                                    json.dumps(v) for v in values], pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+def _select(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows)
+              for c in columns]
+    return pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+class ReadCorpus(beam.PTransform):
+    """Files -> PCollection of raw `pyarrow.RecordBatch` (spec.columns), plus dead letters.
+
+    Returns a dict of PCollections: 'batches' and DEAD_LETTER_TAG (rows that failed to parse).
+    """
+
+    def __init__(self, spec: CorpusSpec, files: dict[str, str]):
+        super().__init__()
+        self._spec = spec
+        self._files = files
+
+    def expand(self, pbegin):
+        spec = self._spec
+        batches, dead = [], []
+        for fmt in sorted(set(self._files.values())):
+            paths = sorted(p for p, f in self._files.items() if f == fmt)
+            if fmt == "parquet":
+                for i, path in enumerate(paths):
+                    batches.append(pbegin | f"ReadParquet[{i}]" >> beam.io.ReadFromParquetBatched(
+                        path, columns=spec.columns))
+                continue
+            read = (pbegin
+                    | f"ListFiles[{fmt}]" >> beam.Create(paths)
+                    | f"Match[{fmt}]" >> fileio.MatchAll()
+                    | f"Open[{fmt}]" >> fileio.ReadMatches()
+                    | f"Reshuffle[{fmt}]" >> beam.Reshuffle()
+                    | f"Read[{fmt}]" >> beam.ParDo(_ReadDelimitedFile(spec, fmt)).with_outputs(
+                        DEAD_LETTER_TAG, main="batches"))
+            batches.append(read.batches)
+            dead.append(read[DEAD_LETTER_TAG])
+        return {
+            "batches": batches | "FlattenBatches" >> beam.Flatten(),
+            DEAD_LETTER_TAG: (dead or [pbegin | "NoParseErrors" >> beam.Create([])])
+            | "FlattenParseErrors" >> beam.Flatten(),
+        }
+
+
+def tft_input_schema(multi_label: bool) -> pa.Schema:
+    """The Arrow schema of ValidateAndSplit's output, which tf.Transform's adapter reads."""
+    return pa.schema([(TEXT_KEY, pa.list_(pa.string())),
+                      (RAW_LABEL_KEY, pa.list_(pa.string())),
+                      (SPLIT_KEY, pa.list_(pa.string()))])
+
+
+def _as_string(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Cast to utf8; returns (strings, mask of rows whose bytes are not valid UTF-8)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), pa.string()), np.zeros(len(arr), bool)
+    if pa.types.is_string(arr.type):
+        return arr, np.zeros(len(arr), bool)
+    if pa.types.is_large_string(arr.type):
+        return arr.cast(pa.string()), np.zeros(len(arr), bool)
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        try:
+            return arr.cast(pa.string()), np.zeros(len(arr), bool)
+        except pa.ArrowInvalid:
+            # Rare path: find the bad rows one by one, blank them, cast the rest in one go.
+            bad = np.array([v is not None and not _valid_utf8(v) for v in arr.to_pylist()])
+            cleaned = pc.if_else(pa.array(bad), pa.nulls(len(arr), arr.type), arr)
+            return cleaned.cast(pa.string()), bad
+    return arr.cast(pa.string()), np.zeros(len(arr), bool)
+
+
+def _valid_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _to_label_lists(arr: pa.Array, delimiter: str | None) -> pa.Array:
+    """Multi-label cells -> list<string> without empty names; null -> empty list."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        values, _ = _as_string(arr.flatten())
+        lists = pa.ListArray.from_arrays(arr.offsets.cast(pa.int32())
+                                         if pa.types.is_large_list(arr.type) else arr.offsets,
+                                         values)
+        lists = pc.if_else(arr.is_null(), pa.nulls(len(arr), lists.type), lists)
+    else:
+        strings, _ = _as_string(arr)
+        if delimiter:
+            lists = pc.split_pattern(strings, pattern=delimiter)
+        else:
+            lists = pa.ListArray.from_arrays(pa.array(np.arange(len(strings) + 1, dtype=np.int32)),
+                                             strings)
+    lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    parents = pc.list_parent_indices(lists)
+    values = pc.utf8_trim_whitespace(lists.flatten())
+    keep = pc.and_kleene(pc.is_valid(values), pc.greater(pc.utf8_length(values), 0))
+    keep = pc.fill_null(keep, False)
+    values, parents = pc.filter(values, keep), pc.filter(parents, keep)
+    counts = np.bincount(parents.to_numpy(), minlength=len(lists)) if len(parents) else \
+        np.zeros(len(lists), np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _singletons(values: pa.Array) -> pa.Array:
+    offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def split_of(keys: pa.Array, eval_fraction: float) -> np.ndarray:
+    """True for rows that go to eval: Fingerprint64(key) mod 10000 < fraction * 10000."""
+    import tensorflow as tf
+
+    buckets = tf.strings.to_hash_bucket_fast(keys.to_numpy(zero_copy_only=False),
+                                             _SPLIT_BUCKETS).numpy()
+    return buckets < int(round(eval_fraction * _SPLIT_BUCKETS))
+
+
+class ValidateAndSplit(beam.DoFn):
+    """Raw batch -> tf.Transform input batch; bad rows -> dead letters; counts -> stats."""
+
+    def __init__(self, spec: CorpusSpec):
+        self._spec = spec
+
+    def process(self, batch: pa.RecordBatch):
+        spec = self._spec
+        n = batch.num_rows
+        if n == 0:
+            return
+        text, bad_bytes = _as_string(batch.column(spec.text_column))
+        reasons = np.full(n, None, dtype=object)
+        reasons[bad_bytes] = "text is not valid UTF-8"
+        text_null = pc.is_null(text).to_numpy(zero_copy_only=False) & ~bad_bytes
+        reasons[text_null] = "text is null"
+        empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+        reasons[empty.to_numpy(zero_copy_only=False)] = "text is empty"
+        raw_label = batch.column(spec.label_column)
+        if spec.multi_label:
+            labels = _to_label_lists(raw_label, spec.label_delimiter)
+        else:
+            label_str, bad_label = _as_string(raw_label)
+            label_str = pc.utf8_trim_whitespace(label_str)
+            missing = pc.fill_null(pc.equal(pc.utf8_length(label_str), 0), True)
+            missing = missing.to_numpy(zero_copy_only=False)
+            no_reason = np.equal(reasons, None)
+            reasons[missing & no_reason] = "label is missing"
+            reasons[bad_label & no_reason] = "label is not valid UTF-8"
+            labels = _singletons(pc.fill_null(label_str, ""))
+        bad = ~np.equal(reasons, None)
+        stats = {"rows_read": n, "dead_lettered": {}}
+        if bad.any():
+            bad_idx = np.flatnonzero(bad)
+            rows = _select(batch, spec.columns).take(pa.array(bad_idx)).to_pylist()
+            for row, reason in zip(rows, reasons[bad_idx]):
+                stats["dead_lettered"][reason] = stats["dead_lettered"].get(reason, 0) + 1
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {"row": row, "reason": reason})
+        good = pa.array(~bad)
+        text, labels = pc.filter(text, good), pc.filter(labels, good)
+        if len(text) == 0:
+            yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+            return
+        if spec.id_column:
+            keys, _ = _as_string(pc.filter(batch.column(spec.id_column), good))
+            keys = pc.fill_null(keys, "")
+        else:
+            keys = text
+        is_eval = split_of(keys, spec.eval_fraction)
+        split = pa.array(np.where(is_eval, EVAL, TRAIN))
+        stats["rows_valid"] = {TRAIN: int((~is_eval).sum()), EVAL: int(is_eval.sum())}
+        stats["labels"] = _label_counts(labels, split)
+        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+        yield pa.RecordBatch.from_arrays(
+            [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False))
+
+
+def _label_counts(labels: pa.ListArray, split: pa.Array) -> dict:
+    parents = pc.list_parent_indices(labels)
+    table = pa.table({"split": pc.take(split, parents), "label": labels.flatten()})
+    grouped = table.group_by(["split", "label"]).aggregate([("label", "count")])
+    out: dict = {}
+    for s, label, count in zip(*(grouped.column(i).to_pylist() for i in range(3))):
+        out.setdefault(s, {})[label] = count
+    return out
