@@ -1,0 +1,224 @@
+"""ScoreRecordBatches and its pieces on a real (tiny) SavedModel, with Beam's TestPipeline."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+import tensorflow as tf
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.model_fixtures import build_test_model
+from transforms.contracts import (
+    MODEL_VERSION_COLUMN,
+    OUT_LABEL,
+    OUT_PROBABILITIES,
+    PREDICTED_LABEL_COLUMN,
+    PREDICTED_LABELS_COLUMN,
+    PROBABILITIES_COLUMN,
+    SAVED_MODEL_DIR,
+    SCORE_COLUMN,
+    SERVING_SIGNATURE,
+)
+from transforms.scoring import (
+    DEAD_LETTER_TAG,
+    REASON_COLUMN,
+    REASON_EMPTY,
+    REASON_NOT_STRING,
+    REASON_NULL,
+    REASON_WHITESPACE,
+    ScoreRecordBatches,
+    ScoringModel,
+    SummarizeTables,
+    prediction_arrays,
+    scored_schema,
+    unusable_text_reasons,
+)
+
+TRAIN_TEXTS = ["good great fun", "bad awful boring", "great movie", "boring bad film"] * 8
+TRAIN_LABELS = ["pos", "neg", "pos", "neg"] * 8
+TRAIN_TAGS = [["fun"], ["dull"], ["fun", "film"], ["dull", "film"]] * 8
+
+
+@pytest.fixture(scope="module")
+def single_label_model(tmp_path_factory) -> ScoringModel:
+    model_dir = str(tmp_path_factory.mktemp("single") / "model")
+    build_test_model(model_dir, TRAIN_TEXTS, TRAIN_LABELS, epochs=3)
+    return ScoringModel.from_model_dir(model_dir)
+
+
+@pytest.fixture(scope="module")
+def multi_label_model(tmp_path_factory) -> ScoringModel:
+    model_dir = str(tmp_path_factory.mktemp("multi") / "model")
+    build_test_model(model_dir, TRAIN_TEXTS, TRAIN_TAGS, multi_label=True, epochs=3)
+    return ScoringModel.from_model_dir(model_dir)
+
+
+def signature_outputs(model: ScoringModel, texts: list[str]) -> dict[str, np.ndarray]:
+    signature = tf.saved_model.load(f"{model.model_dir}/{SAVED_MODEL_DIR}").signatures[
+        SERVING_SIGNATURE
+    ]
+    return {k: v.numpy() for k, v in signature(text=tf.constant(texts)).items()}
+
+
+def run_score(tables, model, passthrough, check_scored, check_dead, **kwargs) -> None:
+    """Run ScoreRecordBatches over `tables` on the in-process runner; the checks get the lists
+    of scored and dead-letter tables (Beam's assert_that, so a failed check fails the run)."""
+    with TestPipeline(runner=FnApiRunner()) as p:
+        results = (
+            p
+            | beam.Create(tables, reshuffle=False)
+            | ScoreRecordBatches(model, "text", passthrough, **kwargs)
+        )
+        assert_that(results["scored"], check_scored, label="CheckScored")
+        assert_that(results[DEAD_LETTER_TAG], check_dead, label="CheckDeadLetter")
+
+
+def no_tables(tables):
+    assert tables == []
+
+
+def test_model_info_is_read_from_labels_txt_and_model_card(single_label_model):
+    assert single_label_model.label_names == ("neg", "pos")
+    assert single_label_model.multi_label is False
+    assert single_label_model.model_version == "test-model-v1"
+
+
+def test_model_without_model_card_falls_back_to_signature_and_dir_name(tmp_path):
+    model_dir = str(tmp_path / "model-2024")
+    build_test_model(model_dir, TRAIN_TEXTS, TRAIN_TAGS, multi_label=True, write_model_card=False)
+    info = ScoringModel.from_model_dir(model_dir)
+    assert info.multi_label is True
+    assert info.model_version == "model-2024"
+
+
+def test_unusable_text_reasons_name_null_empty_and_whitespace_rows():
+    text = pa.array(["ok", None, "", "  \t\n", " a "])
+    assert unusable_text_reasons(text).to_pylist() == [
+        None,
+        REASON_NULL,
+        REASON_EMPTY,
+        REASON_WHITESPACE,
+        None,
+    ]
+
+
+def test_prediction_arrays_take_argmax_label_and_top_probability(single_label_model):
+    probs = np.array([[0.2, 0.8], [0.7, 0.3]], dtype=np.float32)
+    label, score, probabilities, version = prediction_arrays(probs, single_label_model, 0.5)
+    assert label.to_pylist() == ["pos", "neg"]
+    assert score.type == pa.float32()
+    assert score.to_pylist() == pytest.approx([0.8, 0.7])
+    assert probabilities.type == pa.list_(pa.float32())
+    assert np.allclose(np.array(probabilities.to_pylist()), probs)
+    assert version.to_pylist() == ["test-model-v1"] * 2
+
+
+def test_multi_label_prediction_arrays_keep_every_class_at_or_above_threshold(multi_label_model):
+    # label_names are sorted: dull, film, fun
+    probs = np.array([[0.9, 0.3, 0.6], [0.1, 0.2, 0.3], [0.3, 0.3, 0.31]], dtype=np.float32)
+    labels = prediction_arrays(probs, multi_label_model, 0.3)[0]
+    assert labels.type == pa.list_(pa.string())
+    assert labels.to_pylist() == [["dull", "film", "fun"], ["fun"], ["dull", "film", "fun"]]
+    assert prediction_arrays(probs, multi_label_model, 0.95)[0].to_pylist() == [[], [], []]
+
+
+def test_scored_tables_equal_the_signature_called_in_process(single_label_model):
+    texts = [f"{w} {v}" for w in ("good", "bad", "great", "boring") for v in ("film", "fun", "x")]
+    first = pa.table({"id": pa.array(range(7), pa.int64()), "text": texts[:7]})
+    second = pa.table({"id": pa.array(range(7, 12), pa.int64()), "text": texts[7:]})
+    passthrough = pa.schema([("id", pa.int64()), ("text", pa.string())])
+
+    expected = signature_outputs(single_label_model, texts)
+
+    def check_scored(scored):
+        assert sorted(t.num_rows for t in scored) == [5, 7]  # one output table per input table
+        table = pa.concat_tables(scored).sort_by("id")
+        assert table.schema == scored_schema(passthrough, single_label_model)
+        assert table.column("text").to_pylist() == texts
+        assert table.column(PREDICTED_LABEL_COLUMN).to_pylist() == [
+            b.decode() for b in expected[OUT_LABEL]
+        ]
+        got = np.array(table.column(PROBABILITIES_COLUMN).to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(got, expected[OUT_PROBABILITIES], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            table.column(SCORE_COLUMN).to_numpy(),
+            expected[OUT_PROBABILITIES].max(axis=1),
+            rtol=1e-6,
+        )
+        assert set(table.column(MODEL_VERSION_COLUMN).to_pylist()) == {"test-model-v1"}
+
+    run_score(
+        [first, second], single_label_model, passthrough, check_scored, no_tables, batch_size=3
+    )
+
+
+def test_rows_with_unusable_text_are_dead_lettered_with_their_columns_and_reason(
+    single_label_model,
+):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4, 5], pa.int64()),
+            "text": pa.array(["good fun", None, "", "   ", "bad"], pa.string()),
+        }
+    )
+    passthrough = pa.schema([("id", pa.int64())])
+
+    def check_scored(scored):
+        assert pa.concat_tables(scored).column("id").to_pylist() == [1, 5]
+
+    def check_dead(dead):
+        dead_table = pa.concat_tables(dead)
+        assert dead_table.schema.names == ["id", REASON_COLUMN]
+        assert dead_table.to_pylist() == [
+            {"id": 2, REASON_COLUMN: REASON_NULL},
+            {"id": 3, REASON_COLUMN: REASON_EMPTY},
+            {"id": 4, REASON_COLUMN: REASON_WHITESPACE},
+        ]
+
+    run_score([table], single_label_model, passthrough, check_scored, check_dead)
+
+
+def test_a_table_whose_text_is_not_a_string_is_dead_lettered_whole(single_label_model):
+    table = pa.table({"id": [1, 2], "text": [10, 20]})
+
+    def check_dead(dead):
+        reasons = pa.concat_tables(dead).column(REASON_COLUMN).to_pylist()
+        assert reasons == [REASON_NOT_STRING] * 2
+
+    passthrough = pa.schema([("id", pa.int64())])
+    run_score([table], single_label_model, passthrough, no_tables, check_dead)
+
+
+def test_multi_label_scoring_rethresholds_the_signature_probabilities(multi_label_model):
+    texts = ["good great fun", "boring bad film", "great movie", "film"]
+    table = pa.table({"text": texts})
+    passthrough = pa.schema([("text", pa.string())])
+
+    probs = signature_outputs(multi_label_model, texts)[OUT_PROBABILITIES]
+    names = np.array(multi_label_model.label_names)
+    expected = [list(names[row >= 0.4]) for row in probs]
+
+    def check_scored(scored):
+        out = pa.concat_tables(scored)
+        assert out.column(PREDICTED_LABELS_COLUMN).to_pylist() == expected
+        assert out.schema.field(PREDICTED_LABELS_COLUMN).type == pa.list_(pa.string())
+
+    run_score([table], multi_label_model, passthrough, check_scored, no_tables, threshold=0.4)
+
+
+def test_summarize_tables_counts_rows_and_values_including_list_values():
+    with TestPipeline(runner=FnApiRunner()) as p:
+        tables = p | beam.Create(
+            [
+                pa.table({"l": pa.array([["a"], ["a", "b"], []])}),
+                pa.table({"l": pa.array([["b"]])}),
+                pa.table({"l": pa.array([], pa.list_(pa.string()))}),
+            ],
+            reshuffle=False,
+        )
+        summary = tables | beam.CombineGlobally(SummarizeTables("l"))
+        assert_that(summary, equal_to([{"rows": 4, "counts": {"a": 2, "b": 2}}]))
