@@ -1,0 +1,269 @@
+"""`textclf score` end to end: real Parquet files, a real SavedModel, Beam's in-process runner."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from pipeline.score import build_parser, main, score
+from tests.model_fixtures import build_test_model
+from transforms.contracts import (
+    EXIT_BAD_INPUT,
+    MODEL_VERSION_COLUMN,
+    OUT_LABEL,
+    OUT_PROBABILITIES,
+    PREDICTED_LABEL_COLUMN,
+    PREDICTED_LABELS_COLUMN,
+    PROBABILITIES_COLUMN,
+    SAVED_MODEL_DIR,
+    SCORE_COLUMN,
+    SERVING_SIGNATURE,
+    STATS_FILE,
+    SUCCESS_FILE,
+)
+from transforms.scoring import REASON_COLUMN, REASON_EMPTY, REASON_NULL, REASON_WHITESPACE
+
+TRAIN_TEXTS = ["good great fun", "bad awful boring", "great movie", "boring bad film"] * 8
+TRAIN_LABELS = ["pos", "neg", "pos", "neg"] * 8
+TRAIN_TAGS = [["fun"], ["dull"], ["fun", "film"], ["dull", "film"]] * 8
+WORDS = ["good", "bad", "great", "boring", "fun", "awful", "film", "movie", "plot"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("models") / "single")
+    build_test_model(path, TRAIN_TEXTS, TRAIN_LABELS, epochs=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def multi_model_dir(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("models") / "multi")
+    build_test_model(path, TRAIN_TEXTS, TRAIN_TAGS, multi_label=True, epochs=3)
+    return path
+
+
+def corpus(first_id: int, n: int) -> pa.Table:
+    """n rows of varied pass-through types; every 7th text null, every 11th blank."""
+    ids = np.arange(first_id, first_id + n)
+    texts = [" ".join(WORDS[(i * k) % len(WORDS)] for k in (1, 3, 5)) for i in ids]
+    texts = [None if i % 7 == 0 else ("" if i % 11 == 0 else t) for i, t in zip(ids, texts)]
+    base = dt.datetime(2024, 1, 1)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "body": pa.array(texts, pa.string()),
+            "when": pa.array([base + dt.timedelta(hours=int(i)) for i in ids], pa.timestamp("ms")),
+            "tags": pa.array([[f"t{i % 3}"] * int(i % 3) for i in ids], pa.list_(pa.string())),
+            "rating": pa.array([None if i % 5 == 0 else float(i) / 2 for i in ids], pa.float64()),
+            "flag": pa.array([i % 2 == 0 for i in ids], pa.bool_()),
+        }
+    )
+
+
+def signature_outputs(model_dir: str, texts: list[str]) -> dict[str, np.ndarray]:
+    signature = tf.saved_model.load(f"{model_dir}/{SAVED_MODEL_DIR}").signatures[SERVING_SIGNATURE]
+    return {k: v.numpy() for k, v in signature(text=tf.constant(texts)).items()}
+
+
+def read_dir(out: str, prefix: str) -> pa.Table:
+    return pa.concat_tables(
+        pq.read_table(f) for f in sorted(glob.glob(os.path.join(out, f"{prefix}-*.parquet")))
+    )
+
+
+def test_scoring_several_files_keeps_pass_through_columns_and_matches_the_signature(
+    model_dir, tmp_path
+):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    parts = [corpus(0, 120), corpus(120, 45), corpus(165, 0)]  # the last file is empty
+    for i, (table, row_group) in enumerate(zip(parts, [50, 7, 10], strict=True)):
+        pq.write_table(table, inputs / f"part{i}.parquet", row_group_size=row_group)
+    out = str(tmp_path / "scores")
+
+    stats = score(model_dir, [str(inputs / "*.parquet")], out, "body", batch_size=16)
+
+    source = pa.concat_tables(parts)
+    scored = read_dir(out, "part").sort_by("id")
+    dead = read_dir(out, "dead_letter").sort_by("id")
+    usable = [t is not None and t.strip() != "" for t in source.column("body").to_pylist()]
+    kept = source.filter(pa.array(usable))
+    # Pass-through columns are unchanged: values, nulls and types.
+    assert scored.select(source.column_names) == kept
+    assert scored.schema.field("when").type == pa.timestamp("ms")
+    # Predictions equal the in-process signature on the same texts.
+    expected = signature_outputs(model_dir, kept.column("body").to_pylist())
+    assert scored.column(PREDICTED_LABEL_COLUMN).to_pylist() == [
+        b.decode() for b in expected[OUT_LABEL]
+    ]
+    np.testing.assert_allclose(
+        np.array(scored.column(PROBABILITIES_COLUMN).to_pylist()),
+        expected[OUT_PROBABILITIES],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert scored.schema.field(SCORE_COLUMN).type == pa.float32()
+    assert set(scored.column(MODEL_VERSION_COLUMN).to_pylist()) == {"test-model-v1"}
+    # Accounting.
+    assert (
+        stats["rows_read"] == source.num_rows == stats["rows_scored"] + stats["rows_dead_lettered"]
+    )
+    assert stats["rows_scored"] == scored.num_rows and stats["rows_dead_lettered"] == dead.num_rows
+    assert sum(stats["label_counts"].values()) == scored.num_rows
+    assert dead.select(source.column_names) == source.filter(pa.array([not u for u in usable]))
+    assert os.path.exists(os.path.join(out, SUCCESS_FILE))
+    assert sorted(os.listdir(tmp_path)) == ["in", "scores"]  # no staging directory left behind
+
+
+def test_rows_read_equal_rows_scored_plus_dead_lettered_with_reasons(model_dir, tmp_path):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4, 5, 6], pa.int32()),
+            "text": pa.array(["good fun", None, "", " \t", "bad film", None]),
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    out = str(tmp_path / "scores")
+
+    stats = score(model_dir, [str(tmp_path / "in.parquet")], out, "text", id_column="id")
+
+    assert (stats["rows_read"], stats["rows_scored"], stats["rows_dead_lettered"]) == (6, 2, 4)
+    assert stats["dead_letter_reasons"] == {REASON_NULL: 2, REASON_EMPTY: 1, REASON_WHITESPACE: 1}
+    dead = read_dir(out, "dead_letter").sort_by("id")
+    assert dead.column("id").to_pylist() == [2, 3, 4, 6]
+    assert dead.column(REASON_COLUMN).to_pylist() == [
+        REASON_NULL,
+        REASON_EMPTY,
+        REASON_WHITESPACE,
+        REASON_NULL,
+    ]
+    assert read_dir(out, "part").column("id").to_pylist() in ([1, 5], [5, 1])
+    assert os.path.exists(os.path.join(out, STATS_FILE))
+
+
+def test_an_empty_input_file_gives_valid_empty_outputs(model_dir, tmp_path):
+    empty = pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    out = str(tmp_path / "scores")
+
+    stats = score(model_dir, [str(tmp_path / "empty.parquet")], out, "text")
+
+    assert (stats["rows_read"], stats["rows_scored"], stats["rows_dead_lettered"]) == (0, 0, 0)
+    scored = read_dir(out, "part")
+    assert scored.num_rows == 0
+    assert scored.schema.names == ["id", "text", PREDICTED_LABEL_COLUMN, SCORE_COLUMN,
+                                   PROBABILITIES_COLUMN, MODEL_VERSION_COLUMN]  # fmt: skip
+    assert read_dir(out, "dead_letter").schema.names == ["id", "text", REASON_COLUMN]
+    assert os.path.exists(os.path.join(out, SUCCESS_FILE))
+
+
+def test_multi_label_scores_hold_every_class_at_or_above_the_threshold(multi_model_dir, tmp_path):
+    texts = ["good great fun", "boring bad film", "great movie", "film fun", "plot"]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
+    out = str(tmp_path / "scores")
+
+    stats = main(
+        ["--model_dir", multi_model_dir, "--input", str(tmp_path / "in.parquet"),
+         "--output", out, "--text_column", "text", "--threshold", "0.45"]
+    )  # fmt: skip
+
+    assert stats == 0
+    scored = read_dir(out, "part")
+    order = {t: i for i, t in enumerate(texts)}
+    scored = scored.take(np.argsort([order[t] for t in scored.column("text").to_pylist()]))
+    probs = signature_outputs(multi_model_dir, texts)[OUT_PROBABILITIES]
+    names = np.array(["dull", "film", "fun"])
+    assert scored.column(PREDICTED_LABELS_COLUMN).to_pylist() == [
+        list(names[row >= 0.45]) for row in probs
+    ]
+    assert scored.schema.field(PREDICTED_LABELS_COLUMN).type == pa.list_(pa.string())
+
+
+def test_columns_flag_limits_pass_through_columns_and_always_keeps_the_id(model_dir, tmp_path):
+    pq.write_table(corpus(0, 30), tmp_path / "in.parquet")
+    out = str(tmp_path / "scores")
+
+    score(model_dir, [str(tmp_path / "in.parquet")], out, "body", id_column="id",
+          columns=["rating"])  # fmt: skip
+
+    assert read_dir(out, "part").column_names[:2] == ["id", "rating"]
+    assert read_dir(out, "dead_letter").column_names == ["id", "rating", REASON_COLUMN]
+
+
+def run_cli_expecting_bad_input(argv, capsys, tmp_path) -> str:
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "scores")
+    return err
+
+
+@pytest.fixture
+def small_input(tmp_path) -> str:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "body": ["good", "bad"], "n": [1, 2]}), path)
+    return str(path)
+
+
+def test_model_dir_without_success_marker_exits_2(model_dir, small_input, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", str(unfinished), "--input", small_input, "--output",
+         str(tmp_path / "scores"), "--text_column", "body"], capsys, tmp_path,
+    )  # fmt: skip
+    assert "_SUCCESS" in err and str(unfinished) in err
+
+
+def test_input_pattern_matching_no_files_exits_2(model_dir, tmp_path, capsys):
+    missing = str(tmp_path / "nothing-*.parquet")
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", model_dir, "--input", missing, "--output", str(tmp_path / "scores"),
+         "--text_column", "body"], capsys, tmp_path,
+    )  # fmt: skip
+    assert f"no input files match '{missing}'" in err
+
+
+def test_missing_text_column_exits_2_and_lists_the_columns(
+    model_dir, small_input, tmp_path, capsys
+):
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", model_dir, "--input", small_input, "--output", str(tmp_path / "scores"),
+         "--text_column", "txt"], capsys, tmp_path,
+    )  # fmt: skip
+    assert "'txt' not found" in err and "columns are: id, body, n" in err
+
+
+def test_non_string_text_column_exits_2(model_dir, small_input, tmp_path, capsys):
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", model_dir, "--input", small_input, "--output", str(tmp_path / "scores"),
+         "--text_column", "n"], capsys, tmp_path,
+    )  # fmt: skip
+    assert "'n'" in err and "int64" in err and "not string" in err
+
+
+def test_help_lists_the_score_flags():
+    text = build_parser().format_help()
+    for flag in ["--model_dir", "--input", "--output", "--text_column", "--id_column",
+                 "--batch_size", "--columns", "--threshold"]:  # fmt: skip
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_multi_processing_direct_runner_gives_the_same_counts(model_dir, tmp_path):
+    for i in range(2):
+        pq.write_table(corpus(i * 40, 40), tmp_path / f"in{i}.parquet", row_group_size=10)
+    stats = score(
+        model_dir, [str(tmp_path / "in*.parquet")], str(tmp_path / "scores"), "body",
+        beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )  # fmt: skip
+    assert stats["rows_read"] == 80
+    assert stats["rows_scored"] == read_dir(str(tmp_path / "scores"), "part").num_rows
