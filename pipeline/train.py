@@ -93,8 +93,13 @@ class TrainOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--data_dir", required=True, help="a finished preprocess output")
-        parser.add_argument("--model_dir", required=True, help="where the model dir is written")
+        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
+        # in the process (preprocess, train and score in `textclf run` or a test session). So no
+        # flag here may be required (checked in main instead), and a flag another stage also
+        # declares (--model_dir, with score) must replace rather than clash: "resolve".
+        parser.conflict_handler = "resolve"
+        parser.add_argument("--data_dir", help="a finished preprocess output (required)")
+        parser.add_argument("--model_dir", help="where the model dir is written (required)")
         parser.add_argument("--epochs", type=int, default=8)
         parser.add_argument("--batch_size", type=int, default=64)
         parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -409,6 +414,8 @@ def train(data_dir: str, model_dir: str, **settings) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts, unknown = parser.parse_known_args(argv)
+    if not opts.data_dir or not opts.model_dir:
+        parser.error("--data_dir and --model_dir are required")
     if unknown:
         print(f"textclf train: unknown flags: {' '.join(unknown)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,209 @@
+"""The training stage end to end: real preprocess outputs of tiny corpora written here, real
+training with tiny sizes, the real SavedModel loaded back the way the scoring stage loads it."""
+
+import csv
+import glob
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline import describe, preprocess, train
+from pipeline.export import CONFUSION_PNG, CURVES_PNG, F1_BARS_PNG
+from pipeline.outputs import read_json
+from transforms.contracts import (
+    EXIT_BAD_INPUT,
+    HISTORY_FILE,
+    LABELS_TXT,
+    LOGS_DIR,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    OUT_LABEL,
+    OUT_LABELS,
+    OUT_PROBABILITIES,
+    SAVED_MODEL_DIR,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    SUCCESS_FILE,
+    TOKEN_IDS_KEY,
+    TOKEN_VOCAB_NAME,
+)
+
+pytestmark = pytest.mark.slow
+
+SEQUENCE_LENGTH = 20
+TINY = dict(embedding_dim=8, filters=8, kernel_size=3, pool_size=4, lstm_units=6)
+TOPICS = {
+    "sports": "ball goal team match coach referee",
+    "politics": "vote law senate party election budget",
+    "science": "atom cell energy theory lab molecule",
+}
+COMMON = "the a of and in".split()
+
+
+def _corpus(path, multi_label: bool, rows: int = 200, seed: int = 0) -> None:
+    """Texts of 3..15 words (shorter than SEQUENCE_LENGTH, so ids decode back to the text),
+    drawn from their topics' words plus common words; the first word capitalised."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for _ in range(rows):
+            topics = rng.sample(sorted(TOPICS), rng.choice([1, 2]) if multi_label else 1)
+            words = [w for t in topics for w in TOPICS[t].split()] + COMMON
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 15)))
+            writer.writerow([text.capitalize(), "|".join(topics)])
+
+
+def _preprocess(tmp, name: str, multi_label: bool) -> str:
+    corpus, out = str(tmp / f"{name}.csv"), str(tmp / f"{name}_data")
+    _corpus(corpus, multi_label)
+    argv = ["--input", corpus, "--output_dir", out, "--text_column", "text"]
+    argv += ["--label_column", "label", "--sequence_length", str(SEQUENCE_LENGTH)]
+    argv += ["--max_tokens", "100"]
+    if multi_label:
+        argv += ["--multi_label", "--label_delimiter", "|"]
+    assert preprocess.main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    data_dir = _preprocess(tmp, "single", multi_label=False)
+    opts = train.settings_from(data_dir, str(tmp / "model"), epochs=2, batch_size=16, **TINY)
+    return data_dir, opts.model_dir, train.run_training(opts)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi")
+    data_dir = _preprocess(tmp, "multi", multi_label=True)
+    model_dir = str(tmp / "model")
+    metrics = train.train(data_dir, model_dir, epochs=2, batch_size=16, threshold=0.4, **TINY)
+    return data_dir, model_dir, metrics
+
+
+def _eval_rows(data_dir):
+    """token_ids of every eval row, and the raw text each came from (decoded via the vocab)."""
+    tft_output = tft.TFTransformOutput(data_dir)
+    spec = {TOKEN_IDS_KEY: tft_output.transformed_feature_spec()[TOKEN_IDS_KEY]}
+    vocab = [w.decode() for w in tft_output.vocabulary_by_name(TOKEN_VOCAB_NAME)]
+    files = sorted(glob.glob(os.path.join(data_dir, "eval-*.tfrecord.gz")))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1000)
+    ids = np.concatenate([tf.io.parse_example(r, spec)[TOKEN_IDS_KEY].numpy() for r in records])
+    texts = [" ".join(vocab[i - 1] for i in row if i > 0).capitalize() for row in ids]
+    return ids, texts
+
+
+def test_saved_model_on_raw_text_matches_keras_on_tfrecord_token_ids(single):
+    data_dir, model_dir, result = single
+    ids, texts = _eval_rows(data_dir)
+    assert len(texts) >= 5
+    keras_probs = result.model.predict(ids, verbose=0)
+
+    serve = tf.saved_model.load(os.path.join(model_dir, SAVED_MODEL_DIR)).signatures[
+        SERVING_SIGNATURE
+    ]
+    out = serve(**{SERVING_INPUT: tf.constant(texts)})
+    np.testing.assert_allclose(out[OUT_PROBABILITIES].numpy(), keras_probs, atol=1e-5)
+
+    labels = open(os.path.join(model_dir, LABELS_TXT)).read().split()
+    best = [labels[i] for i in keras_probs.argmax(axis=1)]
+    assert [s.decode() for s in out[OUT_LABEL].numpy()] == best
+
+
+def test_export_holds_every_contract_file_with_success_last(single):
+    _, model_dir, result = single
+    names = set(os.listdir(model_dir))
+    expected = {SAVED_MODEL_DIR, LABELS_TXT, METRICS_FILE, HISTORY_FILE, MODEL_CARD_FILE}
+    expected |= {LOGS_DIR, CURVES_PNG, CONFUSION_PNG, SUCCESS_FILE}
+    assert expected <= names
+    everything = [os.path.join(d, f) for d, _, fs in os.walk(model_dir) for f in fs]
+    success = os.path.join(model_dir, SUCCESS_FILE)
+    assert all(os.path.getmtime(p) <= os.path.getmtime(success) for p in everything)
+    assert not [n for n in os.listdir(os.path.dirname(model_dir)) if "inprogress" in n]
+    assert glob.glob(os.path.join(model_dir, LOGS_DIR, "*", "events.out.tfevents.*"))
+
+    metrics = read_json(os.path.join(model_dir, METRICS_FILE))
+    assert set(metrics) >= {"accuracy", "macro_f1", "per_class", "rows_seen"}
+    assert set(metrics["per_class"]["sports"]) >= {"precision", "recall"}
+    assert metrics == result.metrics
+    card = read_json(os.path.join(model_dir, MODEL_CARD_FILE))
+    assert card["versions"]["tensorflow"] == tf.__version__
+    assert card["data_stats"]["rows_read"] == 200
+    assert [layer["output_shape"] for layer in card["layers"]][-3:] == [
+        [None, 5, 6],
+        [None, 6],
+        [None, 3],
+    ]
+    assert len(card["model_version"]) == len("20261125T143000Z-") + 8
+    assert len(read_json(os.path.join(model_dir, HISTORY_FILE))["loss"]) == 2
+
+
+def test_multi_label_model_returns_every_class_over_threshold(multi):
+    data_dir, model_dir, metrics = multi
+    assert set(metrics) >= {"micro_f1", "macro_f1", "per_class"}
+    assert all("roc_auc" in m for m in metrics["per_class"].values())
+    assert os.path.exists(os.path.join(model_dir, F1_BARS_PNG))
+    assert os.path.exists(os.path.join(model_dir, SUCCESS_FILE))
+
+    _, texts = _eval_rows(data_dir)
+    serve = tf.saved_model.load(os.path.join(model_dir, SAVED_MODEL_DIR)).signatures[
+        SERVING_SIGNATURE
+    ]
+    out = serve(**{SERVING_INPUT: tf.constant(texts)})
+    probs, labels = out[OUT_PROBABILITIES].numpy(), out[OUT_LABELS].numpy()
+    names = open(os.path.join(model_dir, LABELS_TXT)).read().split()
+    assert labels.shape == probs.shape == (len(texts), len(names))
+    expected = np.where(probs >= 0.4, np.array(names, dtype=object), "")
+    assert [[s.decode() for s in row] for row in labels] == expected.tolist()
+
+
+def test_softmax_on_multi_label_data_is_refused_before_training(multi, tmp_path, capsys):
+    data_dir, _, _ = multi
+    model_dir = str(tmp_path / "refused")
+    code = train.main(["--data_dir", data_dir, "--model_dir", model_dir, "--activation", "softmax"])
+    assert code == EXIT_BAD_INPUT
+    assert "co-occur" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_sigmoid_with_categorical_crossentropy_is_refused_before_training(single, tmp_path, capsys):
+    data_dir, _, _ = single
+    argv = ["--data_dir", data_dir, "--model_dir", str(tmp_path / "m"), "--activation", "sigmoid"]
+    assert train.main(argv + ["--loss", "categorical_crossentropy"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "do not sum to one" in err and len(err.strip().splitlines()) == 1
+    assert not os.listdir(tmp_path)
+
+
+def test_a_data_dir_without_success_is_refused(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    argv = ["--data_dir", str(tmp_path / "data"), "--model_dir", str(tmp_path / "m")]
+    assert train.main(argv) == EXIT_BAD_INPUT
+    assert f"no {SUCCESS_FILE}" in capsys.readouterr().err
+
+
+def test_describe_a_trained_model_and_an_untrained_configuration(single, capsys):
+    data_dir, model_dir, _ = single
+    assert describe.main(["--model_dir", model_dir]) == 0
+    text = capsys.readouterr().out
+    assert "MaxPooling1D(4)" in text and "20 steps -> 5" in text
+    assert "(batch, 5, 6)" in text and "head: softmax" in text
+
+    text = describe.describe(data_dir=data_dir, pool_size=2, lstm_units=7, filters=9)
+    assert "20 steps -> 10" in text and "(batch, 10, 7)" in text
+    assert "(batch, 20, 9)" in text and "(batch, 3)" in text
+
+
+def test_train_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--shuffle_buffer", "--early_stopping_patience", "--lstm_units", "--threshold"):
+        assert flag in out
