@@ -45,12 +45,23 @@ _PARTIAL_STATS = "_pipeline_stats.json"
 class PreprocessOptions(PipelineOptions):
     """The preprocess stage's flags; Beam's own flags (--runner, ...) live beside them."""
 
+    # Checked in parse(), not by argparse: see _add_argparse_args.
+    REQUIRED_FLAGS = ("input", "output_dir")
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--input", nargs="+", required=True, metavar="PATTERN",
-                            help="input file patterns (local paths or any Beam filesystem URI)")
-        parser.add_argument("--output_dir", required=True,
-                            help="output directory; written to a staging dir, then finalized")
+        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
+        # in the process (preprocess and score in `textclf run` or a test session), so no flag
+        # here may be argparse-required (any other pipeline would then exit), and a flag another
+        # stage also declares (--input, with score) must replace rather than clash: "resolve".
+        for container in (parser, *parser._action_groups):  # groups copied the handler
+            container.conflict_handler = "resolve"
+        parser.add_argument("--input", nargs="+", metavar="PATTERN",
+                            help="input file patterns (local paths or any Beam filesystem URI); "
+                            "required")
+        parser.add_argument("--output_dir",
+                            help="output directory; written to a staging dir, then finalized; "
+                            "required")
         parser.add_argument("--text_column", default="text", help="column holding the text")
         parser.add_argument("--label_column", default="label", help="column holding the label(s)")
         parser.add_argument("--id_column", default=None,
@@ -301,6 +312,9 @@ def parse(argv: list[str]) -> tuple[PreprocessOptions, PipelineOptions]:
         "tf.Transform graph. Unknown flags are Beam pipeline options (--runner, ...).")
     PreprocessOptions._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
+    missing = [f"--{name}" for name in PreprocessOptions.REQUIRED_FLAGS if not getattr(known, name)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     beam_args = beam_defaults(beam_args)
     own = [a for a in argv if a not in beam_args]
     options = PipelineOptions(beam_args + own)

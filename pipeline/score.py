@@ -58,6 +58,11 @@ class ScoreOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
+        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
+        # in the process; --input (preprocess) and --model_dir (train) are declared there too,
+        # so they must replace rather than clash.
+        for container in (parser, *parser._action_groups):  # groups copied the handler
+            container.conflict_handler = "resolve"
         parser.add_argument("--model_dir", help="a finished training-stage model directory")
         parser.add_argument(
             "--input",
