@@ -8,13 +8,14 @@ given (the training stage's staging dir); finalizing and `_SUCCESS` are the call
 
 from __future__ import annotations
 
-import os
+import io
 
 import keras
 import matplotlib
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.contracts import SERVING_INPUT, SERVING_SIGNATURE, TEXT_KEY, TOKEN_IDS_KEY
 from transforms.model import Head, serving_outputs
@@ -51,6 +52,16 @@ def export_saved_model(
     archive.write_out(path, verbose=False)
 
 
+def _save(fig, path: str) -> None:
+    """PNG bytes through Beam's filesystems, so a gs:// model dir works like a local one."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    with FileSystems.create(path) as f:
+        f.write(buffer.getvalue())
+
+
 def plot_training_curves(history: dict[str, list[float]], path: str) -> None:
     """Loss and the other metrics per epoch, train beside validation."""
     metric_names = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
@@ -63,9 +74,7 @@ def plot_training_curves(history: dict[str, list[float]], path: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion_matrix(counts: list[list[int]], class_names: list[str], path: str) -> None:
@@ -82,9 +91,7 @@ def plot_confusion_matrix(counts: list[list[int]], class_names: list[str], path:
             if n:
                 ax.text(j, i, str(n), ha="center", va="center", fontsize=6)
     ax.set_title("eval confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_per_class_f1(per_class: dict[str, dict], path: str) -> None:
@@ -95,17 +102,15 @@ def plot_per_class_f1(per_class: dict[str, dict], path: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1 at threshold")
     ax.set_title("eval F1 per class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_reports(history: dict, metrics: dict, class_names: list[str], head: Head, out: str):
     """The two PNGs: training curves, then the confusion matrix or the per-class F1 bars."""
-    plot_training_curves(history, os.path.join(out, CURVES_PNG))
+    plot_training_curves(history, FileSystems.join(out, CURVES_PNG))
     if head.multi_label:
-        plot_per_class_f1(metrics["per_class"], os.path.join(out, F1_BARS_PNG))
+        plot_per_class_f1(metrics["per_class"], FileSystems.join(out, F1_BARS_PNG))
     else:
         plot_confusion_matrix(
-            metrics["confusion_matrix"], class_names, os.path.join(out, CONFUSION_PNG)
+            metrics["confusion_matrix"], class_names, FileSystems.join(out, CONFUSION_PNG)
         )

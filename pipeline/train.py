@@ -20,6 +20,7 @@ import platform
 import sys
 import uuid
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
@@ -88,6 +89,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def allow_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """Let a later declaration of the same flag replace an earlier one instead of raising.
+
+    argparse checks conflicts in the group an option lands in (the parser's default groups
+    copied the handler when they were made), so the handler is set on the parser and its groups.
+    """
+    for container in (parser, *parser._action_groups):
+        container.conflict_handler = "resolve"
+
+
 class TrainOptions(PipelineOptions):
     """Flags of `textclf train`; also reused by `textclf run` and the tests."""
 
@@ -97,7 +108,7 @@ class TrainOptions(PipelineOptions):
         # in the process (preprocess, train and score in `textclf run` or a test session). So no
         # flag here may be required (checked in main instead), and a flag another stage also
         # declares (--model_dir, with score) must replace rather than clash: "resolve".
-        parser.conflict_handler = "resolve"
+        allow_shared_flags(parser)
         parser.add_argument("--data_dir", help="a finished preprocess output (required)")
         parser.add_argument("--model_dir", help="where the model dir is written (required)")
         parser.add_argument("--epochs", type=int, default=8)
@@ -377,7 +388,9 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
             "data_dir": opts.data_dir,
             "preprocess_config": config,
-            "data_stats": outputs.read_json(stats_path) if os.path.exists(stats_path) else None,
+            "data_stats": (
+                outputs.read_json(stats_path) if FileSystems.exists(stats_path) else None
+            ),
             "model": dataclasses.asdict(settings),
             "head": dataclasses.asdict(head),
             "training": {

@@ -234,17 +234,31 @@ def _explain(layer, in_shape, out_shape) -> str:
     return f"{_fmt(in_shape)} -> {_fmt(out_shape)}"
 
 
+def _layer_label(layer) -> str:
+    """The layer as the seed writes it: Conv1D(100, 4), MaxPooling1D(4), ..."""
+    name = type(layer).__name__
+    if name == "Embedding":
+        return f"Embedding({layer.input_dim}, {layer.output_dim})"
+    if name == "Dropout":
+        return f"Dropout({layer.rate:g})"
+    if name == "Conv1D":
+        return f"Conv1D({layer.filters}, {layer.kernel_size[0]})"
+    if name == "MaxPooling1D":
+        return f"MaxPooling1D({layer.pool_size[0]})"
+    if name == "LSTM":
+        return f"LSTM({layer.units}{', seq' if layer.return_sequences else ''})"
+    if name == "Dense":
+        return f"Dense({layer.units})"
+    return name
+
+
 def describe_model(model: keras.Model, head: Head) -> str:
     """Each layer with its output shape and what it does, then the head and loss and why."""
     lines = [f"{'layer':<22} {'output shape':<18} what it does to (batch, timesteps, features)"]
     for layer in model.layers:
         out_shape = _output_shape(layer)
         in_shape = out_shape if type(layer).__name__ == "InputLayer" else tuple(layer.input.shape)
-        label = type(layer).__name__
-        if label == "MaxPooling1D":
-            label = f"MaxPooling1D({layer.pool_size[0]})"
-        elif label == "LSTM" and layer.return_sequences:
-            label = f"LSTM({layer.units}, seq)"
+        label = _layer_label(layer)
         lines.append(f"{label:<22} {_fmt(out_shape):<18} {_explain(layer, in_shape, out_shape)}")
     lines.append(f"parameters: {model.count_params():,}")
     lines.append(f"head: {head.activation}, loss: {head.loss}")
