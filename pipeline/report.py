@@ -1,0 +1,197 @@
+"""`report.html`: one self-contained page about a run, written beside its manifest.
+
+This module owns rendering only: from the run's manifest and the stage outputs it already wrote
+(the model's metrics.json and PNGs) it builds a single HTML page with the stages' status and
+timings, each stage's row accounting, the metrics table, the training curves, the confusion matrix
+(or per-class F1 bars) and the per-class table, with every image embedded as a base64 data URI so
+the file can be mailed or archived alone. It runs nothing and computes no metric itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import outputs
+from transforms.contracts import METRICS_FILE, REPORT_FILE
+
+# File names of the model's PNGs; kept equal to pipeline/export.py's (checked by the tests)
+# without importing TensorFlow here.
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+F1_BARS_PNG = "per_class_f1.png"
+IMAGES = (
+    (CURVES_PNG, "Training curves (train and eval, per epoch)"),
+    (CONFUSION_PNG, "Eval confusion matrix (rows: true class, columns: predicted)"),
+    (F1_BARS_PNG, "Eval F1 per class"),
+)
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
+       color: #222; max-width: 1150px; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid
+#ccc; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th { background: #e8eef6; } td.l, th.l { text-align: left; }
+.ran, .succeeded { color: #11772d; font-weight: bold; } .failed { color: #b00020;
+font-weight: bold; } .skipped, .partial, .not_run, .not_selected, .running { color: #8a6d00;
+font-weight: bold; }
+.muted { color: #666; } img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "none"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                   for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{_fmt(c)}</td>'
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _image(path: str, caption: str) -> str:
+    with FileSystems.open(path) as f:
+        data = base64.b64encode(f.read()).decode("ascii")
+    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption class=\"muted\">{_e(caption)}</figcaption></figure>")
+
+
+def _stages_section(manifest: dict) -> str:
+    rows = []
+    for stage, entry in manifest.get("stages", {}).items():
+        status = entry.get("status")
+        rows.append([stage, f'<span class="{_e(status)}">{_e(status)}</span>',
+                     entry.get("seconds"), entry.get("finished_at"), entry.get("reason") or "",
+                     entry.get("dir")])
+    header = ["stage", "status", "seconds", "finished at", "reason", "directory"]
+    head = "".join(f'<th class="{"l" if i != 2 else ""}">{h}</th>' for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i != 2 else ""}">{c if i == 1 else _fmt(c)}</td>'
+                         for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<h2>Stages</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _accounting_section(manifest: dict) -> str:
+    stages = manifest.get("stages", {})
+    parts = ["<h2>Row accounting</h2>"]
+    pre = (stages.get("preprocess") or {}).get("rows")
+    if pre:
+        written = pre.get("rows_written") or {}
+        parts.append("<h3>preprocess</h3>" + _table(
+            ["rows read", "written: train", "written: eval", "dead-lettered", "reasons",
+             "accounted (read = written + dead)"],
+            [[pre.get("rows_read"), written.get("train"), written.get("eval"),
+              pre.get("rows_dead_lettered"), pre.get("dead_letter_reasons") or {},
+              pre.get("rows_accounted")]], left=0))
+    train = (stages.get("train") or {}).get("rows")
+    if train:
+        seen = train.get("rows_seen") or {}
+        parts.append("<h3>train</h3>" + _table(
+            ["rows trained on", "rows evaluated on", "epochs run"],
+            [[seen.get("train"), seen.get("eval"), train.get("epochs_run")]], left=0))
+    score = (stages.get("score") or {}).get("rows")
+    if score:
+        parts.append("<h3>score</h3>" + _table(
+            ["rows read", "scored", "dead-lettered", "reasons", "accounted (read = scored + dead)"],
+            [[score.get("rows_read"), score.get("rows_scored"), score.get("rows_dead_lettered"),
+              score.get("dead_letter_reasons") or {}, score.get("rows_accounted")]], left=0))
+    if len(parts) == 1:
+        parts.append('<p class="muted">No stage has finished yet.</p>')
+    return "".join(parts)
+
+
+def _metrics_section(manifest: dict, metrics: dict | None) -> str:
+    evaluated = {"eval split (train stage)": (manifest.get("metrics") or {}).get("eval"),
+                 "scored rows vs their labels": (manifest.get("metrics") or {}).get("scored")}
+    names = ["accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rows"]
+    rows = [[where, *[(m or {}).get(n, "") for n in names]]
+            for where, m in evaluated.items() if m]
+    parts = ["<h2>Metrics</h2>"]
+    parts.append(_table(["evaluated on", *names], rows) if rows else
+                 '<p class="muted">No metrics yet (the train stage has not finished).</p>')
+    return "".join(parts)
+
+
+def _per_class_section(metrics: dict | None, scored: dict | None) -> str:
+    per_class = (metrics or {}).get("per_class") or {}
+    if not per_class:
+        return ""
+    test = (scored or {}).get("per_class") or {}
+    header = ["class", "precision", "recall", "F1", "support"]
+    if test:
+        header += ["scored precision", "scored recall", "scored F1", "scored support"]
+    rows = []
+    for name, m in per_class.items():
+        row = [name, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
+        if test:
+            t = test.get(name, {})
+            row += [t.get("precision"), t.get("recall"), t.get("f1"), t.get("support")]
+        rows.append(row)
+    note = ("eval split of the train stage" + ("; scored columns: the scored rows against their "
+                                                "labels" if test else ""))
+    return f"<h2>Per class</h2><p class=\"muted\">{_e(note)}</p>" + _table(header, rows)
+
+
+def render(run_dir: str, manifest: dict) -> str:
+    """The report page for `run_dir`, from its manifest and the model directory's files."""
+    model_dir = ((manifest.get("stages") or {}).get("train") or {}).get("dir") or \
+        FileSystems.join(run_dir, "model")
+    metrics_path = FileSystems.join(model_dir, METRICS_FILE)
+    metrics = outputs.read_json(metrics_path) if outputs.is_complete(model_dir) and \
+        FileSystems.exists(metrics_path) else None
+    status = manifest.get("status")
+    versions = manifest.get("versions") or {}
+    train_model = (manifest.get("stages") or {}).get("train") or {}
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>textclf run {_e(manifest.get('run_date'))}</title><style>{_STYLE}</style>",
+        "</head><body>",
+        f"<h1>textclf run {_e(manifest.get('run_date'))}: "
+        f"<span class=\"{_e(status)}\">{_e(status)}</span></h1>",
+        f"<p class=\"muted\">{_e(run_dir)} &middot; config {_e(manifest.get('config_file'))} "
+        f"&middot; started {_e(manifest.get('started_at'))}, finished "
+        f"{_e(manifest.get('finished_at'))} ({_fmt(manifest.get('seconds'))} s)"
+        + (f" &middot; model {_e(train_model.get('model_version'))}"
+           if train_model.get("model_version") else "") + "</p>",
+    ]
+    if manifest.get("reason"):
+        parts.append(f"<p class=\"failed\">{_e(manifest['reason'])}</p>")
+    parts += [_stages_section(manifest), _accounting_section(manifest),
+              _metrics_section(manifest, metrics)]
+    images = [(FileSystems.join(model_dir, name), caption) for name, caption in IMAGES]
+    images = [(p, c) for p, c in images if outputs.is_complete(model_dir) and FileSystems.exists(p)]
+    if images:
+        parts.append("<h2>Training</h2>" + "".join(_image(p, c) for p, c in images))
+    parts.append(_per_class_section(metrics, manifest.get("scored_evaluation")))
+    parts.append("<h2>Versions</h2>" + _table(["package", "version"],
+                                             [[k, v] for k, v in versions.items()]))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str, manifest: dict) -> str:
+    """Render and write `<run_dir>/report.html` (temp file, then rename); return its path."""
+    path = FileSystems.join(run_dir, REPORT_FILE)
+    page = render(run_dir, manifest)
+    if outputs.is_local(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        outputs.write_text(tmp, page)
+        os.replace(tmp, path)
+    else:
+        outputs.write_text(path, page)
+    return path
