@@ -216,7 +216,7 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
             _, rest = _quietly(error, parser.parse_known_args, own)
         except SystemExit:
             reason = error.getvalue().strip().splitlines()[-1:] or ["invalid settings"]
-            raise ConfigError(f"[{stage}] {reason[0]}") from None
+            raise ConfigError(f"[{stage}] {reason[0].split(': error: ', 1)[-1]}") from None
         if rest:
             raise ConfigError(f"[{stage}] not understood: {' '.join(rest)}")
         argvs[stage] = own + (beam_argv(config.beam) if stage in BEAM_STAGES else [])
@@ -391,6 +391,24 @@ def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict 
 # The run.
 
 
+def finished_at(stage_dir: str) -> _dt.datetime | None:
+    """When the stage finalized `stage_dir`: the time `outputs.finalize` wrote into _SUCCESS."""
+    if not outputs.is_complete(stage_dir):
+        return None
+    try:
+        return _dt.datetime.fromisoformat(outputs.read_text(_join(stage_dir, SUCCESS_FILE)).strip())
+    except ValueError:
+        return None
+
+
+def is_stale(stage_dir: str, upstream_dir: str | None) -> bool:
+    """A finished stage whose input stage finished after it (make's rule, across invocations)."""
+    if upstream_dir is None:
+        return False
+    mine, theirs = finished_at(stage_dir), finished_at(upstream_dir)
+    return bool(mine and theirs and theirs > mine)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -478,12 +496,13 @@ def _log_stage_end(stage: str, entry: dict) -> None:
 
 def run(config: RunConfig, root: str, run_date: str, force: bool = False,
         stages: Sequence[str] = STAGES,
-        call: Callable[[str, list[str]], tuple[int, str | None]] = call_stage) -> int:
+        call: Callable[[str, list[str]], tuple[int, str | None]] | None = None) -> int:
     """Run the selected stages under `<root>/<run_date>`; return the exit code.
 
     On failure prints one line to stderr naming the stage and the reason. `call` runs one stage
-    (the tests pass a wrapper to count calls).
+    (default: `call_stage`, a child process).
     """
+    call = call or call_stage
     run_dir = _join(root, run_date)
     if outputs.is_local(run_dir):
         os.makedirs(run_dir, exist_ok=True)
@@ -515,15 +534,17 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
     run_success = _join(run_dir, SUCCESS_FILE)
     if FileSystems.exists(run_success):
         FileSystems.delete([run_success])  # the run is being redone; it is no longer complete
-    exit_code, failure, upstream_ran = 0, None, None
-    for stage in STAGES:
+    exit_code, failure = 0, None
+    for i, stage in enumerate(STAGES):
         entry = {"dir": dirs[stage], "argv": argvs[stage]}
         manifest["stages"][stage] = entry
+        upstream = dirs[STAGES[i - 1]] if i else None
+        stale = is_stale(dirs[stage], upstream)
         if stage not in stages:
             entry["status"] = NOT_SELECTED
         elif failure:
             entry["status"] = NOT_RUN
-        elif outputs.is_complete(dirs[stage]) and not force and not upstream_ran:
+        elif outputs.is_complete(dirs[stage]) and not force and not stale:
             entry["status"] = SKIPPED
             old = previous.get("stages", {}).get(stage, {})
             for key in ("seconds", "started_at", "finished_at"):
@@ -533,8 +554,7 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
                       SUCCESS_FILE, dirs[stage])
         else:
             why = ("--force" if force and outputs.is_complete(dirs[stage]) else
-                   f"upstream stage {upstream_ran} ran" if upstream_ran and
-                   outputs.is_complete(dirs[stage]) else "no finished output yet")
+                   f"{STAGES[i - 1]} finished after it" if stale else "no finished output yet")
             _LOG.info("stage %s: started (%s) -> %s", stage, why, dirs[stage])
             entry.update(status="running", started_at=_now())
             write_manifest(run_dir, manifest)
@@ -544,7 +564,6 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
             entry.update(seconds=round(time.time() - t0, 2), finished_at=_now(), exit_code=code)
             if code == 0 and outputs.is_complete(dirs[stage]):
                 entry["status"] = RAN
-                upstream_ran = stage
             else:
                 entry.update(status=FAILED, reason=reason or f"no {SUCCESS_FILE} was written")
                 exit_code = code if code else 1

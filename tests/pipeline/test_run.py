@@ -1,0 +1,316 @@
+"""`textclf run`: config -> stage flags, scheduled-job semantics, the manifest, and one real run.
+
+Most tests replace the stage runner with `FakeStages`, which writes each stage's output contract
+(stats.json, metrics.json, ...) through the same staging-then-finalize path the stages use, so
+skipping, forcing, failing and the manifest are checked in milliseconds. The bad-input test and the
+end-to-end test run the real stages in child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import outputs, run
+from transforms.contracts import (
+    EXIT_BAD_INPUT,
+    LABELS_TXT,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    REPORT_FILE,
+    STATS_FILE,
+    SUCCESS_FILE,
+)
+
+RUN_DATE = "2024-03-01"
+TOPICS = {
+    "sports": "ball goal team match coach referee",
+    "politics": "vote law senate party election budget",
+    "science": "atom cell energy theory lab molecule",
+}
+
+
+def _corpus(path, rows: int, seed: int) -> None:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(rows):
+        topic = rng.choice(sorted(TOPICS))
+        words = TOPICS[topic].split() + ["the", "a", "of"]
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))))
+        labels.append(topic)
+    pq.write_table(pa.table({"text": texts, "label": labels}), path)
+
+
+def _config(tmp_path, extra: str = "", text_column: str = "text") -> str:
+    """A config beside tiny train/score Parquet files (relative paths: relative to the config)."""
+    _corpus(tmp_path / "train.parquet", 240, seed=1)
+    _corpus(tmp_path / "score.parquet", 60, seed=2)
+    path = tmp_path / "job.toml"
+    path.write_text(f"""
+[inputs]
+train = "train.parquet"
+score = ["score.parquet"]
+text_column = "{text_column}"
+label_column = "label"
+
+[preprocess]
+max_tokens = 100
+sequence_length = 16
+lowercase = true
+
+[train]
+epochs = 1
+batch_size = 32
+embedding_dim = 8
+filters = 8
+kernel_size = 3
+pool_size = 2
+lstm_units = 4
+
+[score]
+batch_size = 64
+columns = ["label"]
+
+[beam]
+direct_num_workers = 1
+{extra}
+""")
+    return str(path)
+
+
+class FakeStages:
+    """Stands in for the three stages: writes their output contracts, counts calls, can fail."""
+
+    def __init__(self, fail: dict[str, int] | None = None):
+        self.calls: list[str] = []
+        self.fail = dict(fail or {})
+
+    def __call__(self, stage: str, argv: list[str]):
+        self.calls.append(stage)
+        if self.fail.get(stage):
+            self.fail[stage] -= 1
+            return EXIT_BAD_INPUT, f"column 'body' not found in {stage} input"
+        flag = {"preprocess": "--output_dir", "train": "--model_dir", "score": "--output"}[stage]
+        out = argv[argv.index(flag) + 1]
+        staging = outputs.staging_dir(out)
+        if stage == "preprocess":
+            outputs.write_json(os.path.join(staging, STATS_FILE), {
+                "rows_read": 240, "rows_written": {"train": 216, "eval": 24},
+                "rows_dead_lettered": 0, "dead_letter_reasons": {}, "rows_accounted": True})
+        elif stage == "train":
+            outputs.write_json(os.path.join(staging, METRICS_FILE), {
+                "rows": 24, "accuracy": 0.75, "macro_f1": 0.7, "epochs_run": 1,
+                "rows_seen": {"train": 216, "eval": 24},
+                "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.67, "support": 2}},
+                "confusion_matrix": [[1, 1], [0, 2]]})
+            outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), {"model_version": "v1"})
+            outputs.write_text(os.path.join(staging, LABELS_TXT), "a\nb\n")
+        else:
+            outputs.write_json(os.path.join(staging, STATS_FILE), {
+                "rows_read": 60, "rows_scored": 59, "rows_dead_lettered": 1,
+                "dead_letter_reasons": {"text_is_empty": 1}, "label_counts": {"a": 59}})
+        outputs.finalize(staging, out)
+        return 0, None
+
+
+def _manifest(root) -> dict:
+    return json.loads((root / RUN_DATE / MANIFEST_FILE).read_text())
+
+
+def _statuses(root) -> dict:
+    return {s: e["status"] for s, e in _manifest(root)["stages"].items()}
+
+
+def test_config_sections_become_each_stages_own_flags(tmp_path):
+    config = run.load_config(_config(tmp_path))
+    argvs = run.stage_argvs(config, str(tmp_path / "runs" / RUN_DATE))
+    pre, train, score = argvs["preprocess"], argvs["train"], argvs["score"]
+    assert pre[pre.index("--input") + 1] == str(tmp_path / "train.parquet")
+    assert pre[pre.index("--max_tokens") + 1] == "100" and "--lowercase" in pre
+    assert pre[pre.index("--output_dir") + 1].endswith(f"{RUN_DATE}/data")
+    assert train[train.index("--data_dir") + 1].endswith(f"{RUN_DATE}/data")
+    assert train[train.index("--epochs") + 1] == "1"
+    assert score[score.index("--columns") + 1] == "label"
+    assert score[score.index("--model_dir") + 1].endswith(f"{RUN_DATE}/model")
+    # Beam options go to the Beam stages only (train refuses unknown flags).
+    assert "--direct_num_workers=1" in pre and "--direct_num_workers=1" in score
+    assert not any(a.startswith("--direct") for a in train)
+
+
+def test_boolean_settings_follow_the_flags_own_action(tmp_path):
+    parser = run.stage_parser("preprocess")
+    assert run.settings_argv(parser, {"lowercase": False, "multi_label": False},
+                             "preprocess") == ["--no-lowercase"]
+    assert run.settings_argv(parser, {"strip_punctuation": True, "multi_label": True},
+                             "preprocess") == ["--strip_punctuation", "--multi_label"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[train]\nepoch = 3", "[train] epoch is not a flag of `textclf train`"),
+    ("[score]\noutput = 'x'", "[score] output is set by `textclf run`"),
+    ("[preprocess]\nnum_oov_buckets = 'many'", "[preprocess] argument --num_oov_buckets: invalid"),
+    ("[stages]\nx = 1", "unknown section(s) stages"),
+])
+def test_bad_config_is_refused_before_any_stage_runs(tmp_path, monkeypatch, capsys, extra,
+                                                     message):
+    path = _config(tmp_path)
+    text = open(path).read()
+    section = extra.split("\n")[0]
+    text = text.replace(section, extra) if section in text else text + "\n" + extra
+    open(path, "w").write(text)
+    fake = FakeStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    code = run.main(["--config", path, "--root", str(tmp_path / "runs"), "--run_date", RUN_DATE])
+    assert code == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_rerun_skips_finished_stages_and_force_redoes_them(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "runs"
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    fake = FakeStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    assert run.main(argv) == 0
+    assert fake.calls == ["preprocess", "train", "score"]
+    assert (root / RUN_DATE / SUCCESS_FILE).exists()
+
+    caplog.set_level("INFO", logger="textclf.run")
+    assert run.main(argv) == 0
+    assert fake.calls == ["preprocess", "train", "score"]  # nothing ran again
+    assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "skipped"}
+    assert "stage train: skipped, _SUCCESS exists" in caplog.text
+    assert _manifest(root)["stages"]["train"]["seconds"] is not None  # timing of the real run
+
+    assert run.main(argv + ["--force"]) == 0
+    assert fake.calls == ["preprocess", "train", "score"] * 2
+    assert _statuses(root) == {"preprocess": "ran", "train": "ran", "score": "ran"}
+
+
+def test_a_stage_older_than_its_input_stage_runs_again(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    fake = FakeStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    assert run.main(argv) == 0
+    assert run.main(argv + ["--force", "--stages", "train"]) == 0
+    assert fake.calls[3:] == ["train"]
+    assert _statuses(root) == {"preprocess": "not_selected", "train": "ran",
+                               "score": "not_selected"}
+    assert not (root / RUN_DATE / SUCCESS_FILE).exists() or run.is_stale(
+        str(root / RUN_DATE / "scores"), str(root / RUN_DATE / "model"))
+    assert run.main(argv) == 0  # the scores predate the new model: only score runs
+    assert fake.calls[4:] == ["score"]
+    assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "ran"}
+
+
+def test_failed_stage_exits_non_zero_with_one_line_and_a_rerun_finishes(tmp_path, monkeypatch,
+                                                                        capsys):
+    root = tmp_path / "runs"
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    fake = FakeStages(fail={"train": 1})
+    monkeypatch.setattr(run, "call_stage", fake)
+    assert run.main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("textclf run: stage train failed (bad input): column 'body' not found in "
+                       "train input")
+    assert _statuses(root) == {"preprocess": "ran", "train": "failed", "score": "not_run"}
+    manifest = _manifest(root)
+    assert manifest["status"] == "failed" and manifest["reason"] == err[-1]
+    assert not (root / RUN_DATE / "model" / SUCCESS_FILE).exists()
+    assert not (root / RUN_DATE / SUCCESS_FILE).exists()
+
+    assert run.main(argv) == 0
+    assert fake.calls == ["preprocess", "train", "train", "score"]
+    assert _statuses(root) == {"preprocess": "skipped", "train": "ran", "score": "ran"}
+    assert [i["exit_code"] for i in _manifest(root)["invocations"]] == [EXIT_BAD_INPUT, 0]
+
+
+def test_manifest_records_inputs_config_versions_rows_metrics_and_timings(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    config = _config(tmp_path)
+    monkeypatch.setattr(run, "call_stage", FakeStages())
+    assert run.main(["--config", config, "--root", str(root), "--run_date", RUN_DATE]) == 0
+    manifest = _manifest(root)
+    assert manifest["status"] == "succeeded" and manifest["run_date"] == RUN_DATE
+    assert manifest["config_file"] == config
+    assert manifest["config"]["train"]["epochs"] == 1
+    assert manifest["inputs"]["train_files"][0]["path"] == str(tmp_path / "train.parquet")
+    assert manifest["inputs"]["train_files"][0]["bytes"] > 0
+    assert manifest["inputs"]["label_column"] == "label"
+    assert {"python", "apache-beam", "tensorflow", "keras", "pyarrow", "textclf"} <= set(
+        manifest["versions"])
+    stages = manifest["stages"]
+    assert stages["preprocess"]["rows"]["rows_read"] == 240
+    assert stages["preprocess"]["rows"]["rows_written"] == {"train": 216, "eval": 24}
+    assert stages["train"]["rows"]["rows_seen"] == {"train": 216, "eval": 24}
+    assert stages["score"]["rows"] == {
+        "rows_read": 60, "rows_scored": 59, "rows_dead_lettered": 1,
+        "dead_letter_reasons": {"text_is_empty": 1}, "label_counts": {"a": 59},
+        "rows_accounted": True}
+    assert manifest["metrics"]["eval"]["accuracy"] == 0.75
+    assert "per_class" not in manifest["metrics"]["eval"]
+    assert stages["train"]["model_version"] == "v1"
+    for entry in stages.values():
+        assert entry["status"] == "ran" and entry["seconds"] >= 0 and entry["finished_at"]
+        assert entry["argv"]
+    assert (root / RUN_DATE / REPORT_FILE).exists()
+    assert not list((root / RUN_DATE).glob("*.tmp-*"))
+
+
+def test_a_second_run_of_the_same_date_is_refused_while_the_first_holds_the_lock(tmp_path,
+                                                                                 capsys):
+    run_dir = tmp_path / "runs" / RUN_DATE
+    run_dir.mkdir(parents=True)
+    (run_dir / run.LOCK_FILE).write_text(str(os.getppid()))  # a live process
+    code = run.main(["--config", _config(tmp_path), "--root", str(tmp_path / "runs"),
+                     "--run_date", RUN_DATE])
+    assert code == 1
+    assert "another textclf run" in capsys.readouterr().err
+
+
+def test_a_real_stage_with_bad_input_fails_with_exit_2_and_leaves_no_success(tmp_path, capsys):
+    """A missing text column, found by the real preprocess stage in its child process."""
+    root = tmp_path / "runs"
+    code = run.main(["--config", _config(tmp_path, text_column="body"), "--root", str(root),
+                     "--run_date", RUN_DATE])
+    assert code == EXIT_BAD_INPUT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("textclf run: stage preprocess failed (bad input): ")
+    assert "body" in last
+    run_dir = root / RUN_DATE
+    assert not list(run_dir.rglob(SUCCESS_FILE))
+    assert not list(run_dir.glob(".data.inprogress-*"))
+    assert _manifest(root)["stages"]["preprocess"]["exit_code"] == EXIT_BAD_INPUT
+
+
+@pytest.mark.slow
+def test_end_to_end_run_on_a_tiny_corpus_then_a_rerun_skips_everything(tmp_path, capsys):
+    root = tmp_path / "runs"
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    assert run.main(argv) == 0
+    run_dir = root / RUN_DATE
+    for name in ("data", "model", "scores"):
+        assert (run_dir / name / SUCCESS_FILE).exists()
+    assert (run_dir / SUCCESS_FILE).exists()
+    manifest = _manifest(root)
+    stages = manifest["stages"]
+    assert stages["preprocess"]["rows"]["rows_read"] == 240
+    assert stages["preprocess"]["rows"]["rows_accounted"] is True
+    assert stages["train"]["rows"]["epochs_run"] == 1
+    assert stages["score"]["rows"]["rows_read"] == 60
+    assert stages["score"]["rows"]["rows_accounted"] is True
+    scored = manifest["metrics"]["scored"]
+    assert scored["rows"] == 60 and 0.0 <= scored["accuracy"] <= 1.0
+    assert manifest["versions"]["tensorflow"]
+    page = (run_dir / REPORT_FILE).read_text()
+    assert "data:image/png;base64," in page and "sports" in page
+
+    assert run.main(argv) == 0
+    assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "skipped"}
