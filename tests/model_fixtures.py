@@ -98,10 +98,10 @@ def build_test_model(
         target = np.array([index[name] for name in labels], dtype="int64")
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer="adam", loss=loss)
+    token_ids = vectorizer(tf.constant(list(texts)))  # also builds both layers for export
+    model(token_ids[:1])
     if epochs:
-        model.fit(
-            vectorizer(tf.constant(list(texts))), target, epochs=epochs, batch_size=32, verbose=0
-        )
+        model.fit(token_ids, target, epochs=epochs, batch_size=32, verbose=0)
 
     names = tf.constant(class_names)
 

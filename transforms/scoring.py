@@ -142,8 +142,18 @@ class LoadedModel:
         self.signature = self._loaded.signatures[SERVING_SIGNATURE]
 
     def probabilities(self, texts: pa.Array) -> np.ndarray:
-        """One signature call over a string array with no nulls: float32[len(texts), K]."""
-        batch = self._tf.constant(texts.to_numpy(zero_copy_only=False), dtype=self._tf.string)
+        """One signature call over a plain `string` array with no nulls: float32[len(texts), K].
+
+        The strings reach TensorFlow as one blob plus offsets, cut apart by `tf.strings.substr`,
+        so no Python object is made per row.
+        """
+        tf = self._tf
+        offsets = np.frombuffer(
+            texts.buffers()[1], dtype=np.int32, count=len(texts) + 1, offset=texts.offset * 4
+        )
+        first = int(offsets[0])
+        blob = tf.constant(memoryview(texts.buffers()[2])[first : int(offsets[-1])].tobytes())
+        batch = tf.strings.substr(blob, offsets[:-1] - first, np.diff(offsets))
         return self.signature(**{SERVING_INPUT: batch})[OUT_PROBABILITIES].numpy()
 
 
@@ -160,18 +170,16 @@ def _as_plain_strings(text) -> pa.Array:
 
 def unusable_text_reasons(text: pa.Array) -> pa.Array:
     """Per row: null where the text can be scored, else the dead-letter reason (vectorised)."""
-    length = pc.utf8_length(text)
-    trimmed_length = pc.utf8_length(pc.utf8_trim_whitespace(text))
+    # binary_length reads the offsets only; utf8_is_space stops at the first non-space character.
+    empty = pc.equal(pc.binary_length(text), 0)
     reason = pc.if_else(
         pc.is_null(text),
         pa.scalar(REASON_NULL),
         pc.if_else(
-            pc.equal(length, 0),
+            empty,
             pa.scalar(REASON_EMPTY),
             pc.if_else(
-                pc.equal(trimmed_length, 0),
-                pa.scalar(REASON_WHITESPACE),
-                pa.scalar(None, pa.string()),
+                pc.utf8_is_space(text), pa.scalar(REASON_WHITESPACE), pa.scalar(None, pa.string())
             ),
         ),
     )

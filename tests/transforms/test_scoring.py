@@ -128,6 +128,7 @@ def test_multi_label_prediction_arrays_keep_every_class_at_or_above_threshold(mu
 
 def test_scored_tables_equal_the_signature_called_in_process(single_label_model):
     texts = [f"{w} {v}" for w in ("good", "bad", "great", "boring") for v in ("film", "fun", "x")]
+    texts[4] = "café naïve 映画 good"  # multi-byte UTF-8 survives the blob + offsets hand-off
     first = pa.table({"id": pa.array(range(7), pa.int64()), "text": texts[:7]})
     second = pa.table({"id": pa.array(range(7, 12), pa.int64()), "text": texts[7:]})
     passthrough = pa.schema([("id", pa.int64()), ("text", pa.string())])
