@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"textclf train: unknown flags: {' '.join(unknown)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        metrics = run_training(opts)
+        result = run_training(opts)
     except BadInput as err:
         print(f"textclf train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("training failed", exc_info=True)
         print(f"textclf train: failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    summary = {k: v for k, v in metrics.metrics.items() if isinstance(v, float)}
+    summary = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
     print(
         f"model written to {opts.model_dir}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in summary.items())
