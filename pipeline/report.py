@@ -75,8 +75,9 @@ def _stages_section(manifest: dict) -> str:
     rows = []
     for stage, entry in manifest.get("stages", {}).items():
         status = entry.get("status")
+        seconds = entry.get("seconds")
         rows.append([stage, f'<span class="{_e(status)}">{_e(status)}</span>',
-                     entry.get("seconds"), entry.get("finished_at"), entry.get("reason") or "",
+                     f"{seconds:.1f}" if isinstance(seconds, int | float) else "", entry.get("finished_at"), entry.get("reason") or "",
                      entry.get("dir")])
     header = ["stage", "status", "seconds", "finished at", "reason", "directory"]
     head = "".join(f'<th class="{"l" if i != 2 else ""}">{h}</th>' for i, h in enumerate(header))
@@ -118,9 +119,10 @@ def _accounting_section(manifest: dict) -> str:
 def _metrics_section(manifest: dict, metrics: dict | None) -> str:
     evaluated = {"eval split (train stage)": (manifest.get("metrics") or {}).get("eval"),
                  "scored rows vs their labels": (manifest.get("metrics") or {}).get("scored")}
-    names = ["accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rows"]
-    rows = [[where, *[(m or {}).get(n, "") for n in names]]
-            for where, m in evaluated.items() if m]
+    evaluated = {where: m for where, m in evaluated.items() if m}
+    names = [n for n in ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rows")
+             if any(n in m for m in evaluated.values())]
+    rows = [[where, *[m.get(n, "") for n in names]] for where, m in evaluated.items()]
     parts = ["<h2>Metrics</h2>"]
     parts.append(_table(["evaluated on", *names], rows) if rows else
                  '<p class="muted">No metrics yet (the train stage has not finished).</p>')
@@ -165,7 +167,7 @@ def render(run_dir: str, manifest: dict) -> str:
         f"<span class=\"{_e(status)}\">{_e(status)}</span></h1>",
         f"<p class=\"muted\">{_e(run_dir)} &middot; config {_e(manifest.get('config_file'))} "
         f"&middot; started {_e(manifest.get('started_at'))}, finished "
-        f"{_e(manifest.get('finished_at'))} ({_fmt(manifest.get('seconds'))} s)"
+        f"{_e(manifest.get('finished_at'))} ({_e(manifest.get('seconds'))} s)"
         + (f" &middot; model {_e(train_model.get('model_version'))}"
            if train_model.get("model_version") else "") + "</p>",
     ]
