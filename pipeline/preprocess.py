@@ -202,9 +202,8 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
         tfrecords.SplitAndEncode(), beam.pvalue.AsSingleton(vocab_size)).with_outputs(
         TRAIN, EVAL, tfrecords.STATS_TAG)
     for split in SPLITS:
-        _ = encoded[split] | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX,
-            compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+        _ = encoded[split] | f"Write[{split}]" >> tfrecords.WriteBatchedTFRecords(
+            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX)
     dead = ((raw[corpus_io.DEAD_LETTER_TAG], rows[corpus_io.DEAD_LETTER_TAG])
             | "FlattenDeadLetters" >> beam.Flatten())
     _ = (dead | "DeadLetterToJson" >> beam.Map(_dead_letter_json)

@@ -4,9 +4,10 @@
 graph (and, inside the exported model, the serving-time preprocessing). Two vocabulary paths give
 the same graph and the same asset:
 
-* fast (default): the token counts are computed by `CountTokensAndWriteVocabulary`, a Beam
-  PTransform plugged in with `tft.experimental.ptransform_analyzer`, which counts whole batches
-  with pyarrow (split, value_counts, group_by) instead of tf.Transform's per-token Python combine;
+* fast (default): each batch's tokens are reduced in the graph (`tf.unique_with_counts`) and
+  summed by `CountTokensAndWriteVocabulary`, a Beam PTransform plugged in with
+  `tft.experimental.ptransform_analyzer`, as Arrow tables (group_by) instead of tf.Transform's
+  per-token Python combine;
   the ids come from `tft.apply_vocabulary` over that file, an asset of the graph.
 * textbook: `tft.compute_and_apply_vocabulary`, kept to prove the fast path gives identical
   output (tests) and to measure against (benchmarks).
@@ -41,9 +42,6 @@ from transforms.contracts import (
     TOKEN_VOCAB_NAME,
 )
 
-# Whitespace as both TensorFlow's regex (RE2) and the pyarrow split agree on it: every run of
-# ASCII whitespace becomes one space, so tokens are exactly the pieces between single spaces.
-_WHITESPACE_RUN = r"[\t\n\v\f\r ]+"
 # Unicode punctuation and symbols.
 _PUNCTUATION = r"[\pP\pS]"
 
@@ -63,28 +61,24 @@ class TextSettings:
 
 
 def normalize_text(text: tf.Tensor, settings: TextSettings) -> tf.Tensor:
-    """Lowercase (Unicode), optionally blank punctuation, collapse whitespace runs, strip."""
+    """Lowercase (Unicode) and optionally blank out punctuation and symbols."""
     if settings.lowercase:
         text = tf.strings.lower(text, encoding="utf-8")
     if settings.strip_punctuation:
         text = tf.strings.regex_replace(text, _PUNCTUATION, " ")
-    text = tf.strings.regex_replace(text, _WHITESPACE_RUN, " ")
-    return tf.strings.strip(text)
+    return text
 
 
 def tokenize(normalized: tf.Tensor) -> tf.RaggedTensor:
-    """Split normalized text on single spaces; an empty text has no tokens."""
-    tokens = tf.strings.split(normalized, sep=" ")
-    return tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
+    """Split on runs of ASCII whitespace (space, \\t, \\n, \\v, \\f, \\r); no empty tokens."""
+    return tf.strings.split(normalized)
 
 
-def _count_tokens(batch: tuple) -> pa.Table:
-    """One analyzer batch (a tuple holding the normalized-text ndarray) -> (token, count)."""
-    texts = pa.array(batch[0], type=pa.binary())
-    tokens = pc.list_flatten(pc.split_pattern(texts, pattern=b" "))
-    tokens = pc.filter(tokens, pc.not_equal(pc.binary_length(tokens), 0))
-    counts = pc.value_counts(tokens)
-    return pa.table({"token": counts.field("values"), "count": counts.field("counts")})
+def _batch_counts(batch: tuple) -> pa.Table:
+    """One analyzer batch, (unique tokens, their counts) as ndarrays -> an Arrow table."""
+    tokens, counts = batch
+    return pa.table({"token": pa.array(tokens, type=pa.binary()),
+                     "count": pa.array(counts, type=pa.int64())})
 
 
 def _sum_counts(tables: list[pa.Table]) -> pa.Table:
@@ -130,10 +124,12 @@ def order_vocabulary(counts: pa.Table, max_tokens: int, min_frequency: int) -> l
 
 
 class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
-    """A tf.Transform analyzer: batches of normalized text -> the path of the vocabulary file.
+    """A tf.Transform analyzer: per-batch (unique tokens, counts) -> the vocabulary file's path.
 
-    Input elements are tuples of ndarrays (one per analyzer input), as tf.Transform hands them to
-    `ptransform_analyzer`; the output is one element, the file path, which becomes a graph asset.
+    Input elements are tuples of ndarrays, as tf.Transform hands them to `ptransform_analyzer`;
+    each batch is already reduced in the graph (`tf.unique_with_counts`, as tf.Transform's own
+    vocabulary does), and the batches are summed as Arrow tables. The output is one element,
+    the file path, which becomes an asset of the transform graph.
     """
 
     def __init__(self, max_tokens: int, min_frequency: int, filename: str = TOKEN_VOCAB_NAME):
@@ -160,16 +156,17 @@ class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
 
         return (
             pcoll
-            | "CountBatch" >> beam.Map(_count_tokens)
+            | "BatchCounts" >> beam.Map(_batch_counts)
             | "SumCounts" >> beam.CombineGlobally(_SumTokenCounts())
             | "OrderAndWrite" >> beam.Map(write_vocabulary)
         )
 
 
-def _token_ids(tokens: tf.RaggedTensor, normalized: tf.Tensor, settings: TextSettings):
+def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings):
     if settings.fast_vocabulary:
+        unique, _, counts = tf.unique_with_counts(tokens.flat_values)
         (vocab_path,) = tft.experimental.ptransform_analyzer(
-            inputs=[normalized],
+            inputs=[unique, tf.cast(counts, tf.int64)],
             ptransform=CountTokensAndWriteVocabulary(settings.max_tokens, settings.min_frequency),
             output_dtypes=[tf.string],
             output_shapes=[[]],
@@ -191,9 +188,8 @@ def make_preprocessing_fn(settings: TextSettings):
     """The pure tf.Transform function for these settings (text -> token_ids, labels)."""
 
     def preprocessing_fn(inputs: dict) -> dict:
-        normalized = normalize_text(inputs[TEXT_KEY], settings)
-        tokens = tokenize(normalized)
-        ids = _token_ids(tokens, normalized, settings) + 1  # 0 is reserved for padding
+        tokens = tokenize(normalize_text(inputs[TEXT_KEY], settings))
+        ids = _token_ids(tokens, settings) + 1  # 0 is reserved for padding
         outputs = {
             TOKEN_IDS_KEY: ids.to_tensor(default_value=0, shape=[None, settings.sequence_length]),
             NUM_TOKENS_KEY: tokens.row_lengths(),

@@ -9,9 +9,15 @@ numbers of stats.json. No file I/O here.
 
 from __future__ import annotations
 
+import io
+import zlib
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io import tfrecordio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from tfx_bsl.coders import example_coder
 
 from transforms.contracts import NUM_TOKENS_KEY, SPLIT_KEY, SPLITS, TOKEN_IDS_KEY
@@ -20,7 +26,7 @@ STATS_TAG = "stats"
 
 
 class SplitAndEncode(beam.DoFn):
-    """(RecordBatch, passthrough) from TransformDataset -> TaggedOutput(split, example bytes)."""
+    """(RecordBatch, passthrough) from TransformDataset -> TaggedOutput(split, [example bytes])."""
 
     def process(self, element, vocab_size: int):
         batch = element[0] if isinstance(element, tuple) else element
@@ -39,8 +45,58 @@ class SplitAndEncode(beam.DoFn):
             mask = split == name
             if mask.any():
                 part = features.filter(pa.array(mask)) if not mask.all() else features
-                for example in example_coder.RecordBatchToExamples(part):
-                    yield beam.pvalue.TaggedOutput(name, example)
+                yield beam.pvalue.TaggedOutput(name, example_coder.RecordBatchToExamples(part))
+
+
+class _FastGzipWriter:
+    """A gzip stream at compression level 1 over a raw Beam file handle.
+
+    Beam's compressed files use zlib's default level (6); on token-id records level 1 was about
+    3x faster for files about 15% larger, and compression was the stage's largest single cost.
+    """
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._zip = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+
+    def write(self, data: bytes) -> None:
+        self._raw.write(self._zip.compress(data))
+
+    def close(self) -> None:
+        self._raw.write(self._zip.flush())
+        self._raw.close()
+
+
+class _BatchedTFRecordSink(tfrecordio._TFRecordSink):
+    """Beam's TFRecord sink, fed a list of records per element: one framed write per batch.
+
+    Written by hand because WriteToTFRecord takes one element per record, and the per-element
+    cost of Beam (windowed values, one compressor call each) was a large part of the stage's
+    time; the framing itself is Beam's own `_TFRecordUtil.write_record`.
+    """
+
+    def open(self, temp_path):
+        return _FastGzipWriter(FileSystems.create(temp_path, self.mime_type,
+                                                  CompressionTypes.UNCOMPRESSED))
+
+    def write_record(self, file_handle, value):
+        buffer = io.BytesIO()
+        for record in value:
+            tfrecordio._TFRecordUtil.write_record(buffer, record)
+        file_handle.write(buffer.getvalue())
+
+
+class WriteBatchedTFRecords(beam.PTransform):
+    """PCollection[list[bytes]] -> sharded gzipped TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`."""
+
+    def __init__(self, file_path_prefix: str, file_name_suffix: str):
+        super().__init__()
+        self._sink = _BatchedTFRecordSink(
+            file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix=file_name_suffix,
+            num_shards=0, shard_name_template=None, compression_type=CompressionTypes.UNCOMPRESSED)
+
+    def expand(self, pcoll):
+        return pcoll | beam.io.iobase.Write(self._sink)
 
 
 def merge_stats(parts) -> dict:
