@@ -68,8 +68,10 @@ def write_config(root: str, overrides: dict[str, dict]) -> str:
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)
     path = os.path.join(root, f"{DATASET}.toml")
-    header = (f"# Written by `textclf demo` from {CONFIG_TEMPLATE.name} (tune settings there).\n"
-              "# Rerun this exact job with: textclf run --config <this file> --root <its dir>\n\n")
+    header = (
+        f"# Written by `textclf demo` from {CONFIG_TEMPLATE.name} (tune settings there).\n"
+        "# Rerun this exact job with: textclf run --config <this file> --root <its dir>\n\n"
+    )
     outputs.write_text(path, header + toml_dumps(config))
     return path
 
@@ -82,38 +84,44 @@ def summary(manifest: dict, run_dir: str, seconds: float) -> str:
     eval_metrics = (manifest.get("metrics") or {}).get("eval") or {}
     test_metrics = (manifest.get("metrics") or {}).get("scored") or {}
 
-    statuses = ", ".join(f"{s} {e.get('status')}" for s, e in stages.items())
+    statuses = ", ".join(f"{s} {stages.get(s, {}).get('status')}" for s in run.STAGES)
 
     def pct(v):
         return f"{100 * v:.1f}%" if isinstance(v, int | float) else "n/a"
 
-    return "\n".join([
-        f"20 Newsgroups demo finished in {seconds:.0f}s "
-        f"({statuses})",
-        f"  train split: {pre.get('rows_read')} rows -> {written.get('train')} train / "
-        f"{written.get('eval')} eval, {pre.get('rows_dead_lettered')} dead-lettered",
-        f"  eval accuracy {pct(eval_metrics.get('accuracy'))}, "
-        f"macro-F1 {pct(eval_metrics.get('macro_f1'))}",
-        f"  test split: {scored.get('rows_read')} rows, {scored.get('rows_scored')} scored, "
-        f"{scored.get('rows_dead_lettered')} dead-lettered",
-        f"  TEST ACCURACY {pct(test_metrics.get('accuracy'))} "
-        f"(macro-F1 {pct(test_metrics.get('macro_f1'))}) on {test_metrics.get('rows')} rows",
-        f"  report:   {os.path.join(run_dir, REPORT_FILE)}",
-        f"  manifest: {os.path.join(run_dir, MANIFEST_FILE)}",
-    ])
+    return "\n".join(
+        [
+            f"20 Newsgroups demo finished in {seconds:.0f}s ({statuses})",
+            f"  train split: {pre.get('rows_read')} rows -> {written.get('train')} train / "
+            f"{written.get('eval')} eval, {pre.get('rows_dead_lettered')} dead-lettered",
+            f"  eval accuracy {pct(eval_metrics.get('accuracy'))}, "
+            f"macro-F1 {pct(eval_metrics.get('macro_f1'))}",
+            f"  test split: {scored.get('rows_read')} rows, {scored.get('rows_scored')} scored, "
+            f"{scored.get('rows_dead_lettered')} dead-lettered",
+            f"  TEST ACCURACY {pct(test_metrics.get('accuracy'))} "
+            f"(macro-F1 {pct(test_metrics.get('macro_f1'))}) on {test_metrics.get('rows')} rows",
+            f"  report:   {os.path.join(run_dir, REPORT_FILE)}",
+            f"  manifest: {os.path.join(run_dir, MANIFEST_FILE)}",
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="textclf demo",
         description="Prepare 20 Newsgroups, train on its train split, score its test split and "
-        "print the test accuracy; everything under ROOT.")
+        "print the test accuracy; everything under ROOT.",
+    )
     parser.add_argument("--root", default="demo", help="where data, runs and the config go")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="override [train] epochs of the demo config")
-    parser.add_argument("--run_date", type=run.run_date_arg,
-                        default=_dt.datetime.now(_dt.UTC).date().isoformat(),
-                        help="YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override [train] epochs of the demo config"
+    )
+    parser.add_argument(
+        "--run_date",
+        type=run.run_date_arg,
+        default=_dt.datetime.now(_dt.UTC).date().isoformat(),
+        help="YYYY-MM-DD (default: today, UTC)",
+    )
     parser.add_argument("--force", action="store_true", help="redo stages that already finished")
     return parser
 
@@ -131,8 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else {}
     config_path = write_config(root, overrides)
     _LOG.info("demo: config %s", config_path)
-    code = run.main(["--config", config_path, "--root", root, "--run_date", args.run_date,
-                     *(["--force"] if args.force else [])])
+    code = run.main(
+        [
+            "--config",
+            config_path,
+            "--root",
+            root,
+            "--run_date",
+            args.run_date,
+            *(["--force"] if args.force else []),
+        ]
+    )
     run_dir = os.path.join(root, args.run_date)
     manifest_path = os.path.join(run_dir, MANIFEST_FILE)
     if code == 0 and os.path.exists(manifest_path):

@@ -16,6 +16,7 @@ import os
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import outputs
+from pipeline.run import STAGES
 from transforms.contracts import METRICS_FILE, REPORT_FILE
 
 # File names of the model's PNGs; kept equal to pipeline/export.py's (checked by the tests)
@@ -57,33 +58,58 @@ def _fmt(value) -> str:
 
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
-                   for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{_fmt(c)}</td>'
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    head = "".join(
+        f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"l" if i < left else ""}">{_fmt(c)}</td>' for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _image(path: str, caption: str) -> str:
     with FileSystems.open(path) as f:
         data = base64.b64encode(f.read()).decode("ascii")
-    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
-            f"<figcaption class=\"muted\">{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+        f'<figcaption class="muted">{_e(caption)}</figcaption></figure>'
+    )
 
 
 def _stages_section(manifest: dict) -> str:
     rows = []
-    for stage, entry in manifest.get("stages", {}).items():
+    stages = manifest.get("stages", {})
+    # manifest.json is written with sorted keys; show the stages in the order they run.
+    for stage in sorted(stages, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES)):
+        entry = stages[stage]
         status = entry.get("status")
         seconds = entry.get("seconds")
-        rows.append([stage, f'<span class="{_e(status)}">{_e(status)}</span>',
-                     f"{seconds:.1f}" if isinstance(seconds, int | float) else "", entry.get("finished_at"), entry.get("reason") or "",
-                     entry.get("dir")])
+        rows.append(
+            [
+                stage,
+                f'<span class="{_e(status)}">{_e(status)}</span>',
+                f"{seconds:.1f}" if isinstance(seconds, int | float) else "",
+                entry.get("finished_at"),
+                entry.get("reason") or "",
+                entry.get("dir"),
+            ]
+        )
     header = ["stage", "status", "seconds", "finished at", "reason", "directory"]
     head = "".join(f'<th class="{"l" if i != 2 else ""}">{h}</th>' for i, h in enumerate(header))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i != 2 else ""}">{c if i == 1 else _fmt(c)}</td>'
-                         for i, c in enumerate(row)) + "</tr>" for row in rows)
+        "<tr>"
+        + "".join(
+            f'<td class="{"l" if i != 2 else ""}">{c if i == 1 else _fmt(c)}</td>'
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<h2>Stages</h2><table><tr>{head}</tr>{body}</table>"
 
 
@@ -93,39 +119,88 @@ def _accounting_section(manifest: dict) -> str:
     pre = (stages.get("preprocess") or {}).get("rows")
     if pre:
         written = pre.get("rows_written") or {}
-        parts.append("<h3>preprocess</h3>" + _table(
-            ["rows read", "written: train", "written: eval", "dead-lettered", "reasons",
-             "accounted (read = written + dead)"],
-            [[pre.get("rows_read"), written.get("train"), written.get("eval"),
-              pre.get("rows_dead_lettered"), pre.get("dead_letter_reasons") or {},
-              pre.get("rows_accounted")]], left=0))
+        parts.append(
+            "<h3>preprocess</h3>"
+            + _table(
+                [
+                    "rows read",
+                    "written: train",
+                    "written: eval",
+                    "dead-lettered",
+                    "reasons",
+                    "accounted (read = written + dead)",
+                ],
+                [
+                    [
+                        pre.get("rows_read"),
+                        written.get("train"),
+                        written.get("eval"),
+                        pre.get("rows_dead_lettered"),
+                        pre.get("dead_letter_reasons") or {},
+                        pre.get("rows_accounted"),
+                    ]
+                ],
+                left=0,
+            )
+        )
     train = (stages.get("train") or {}).get("rows")
     if train:
         seen = train.get("rows_seen") or {}
-        parts.append("<h3>train</h3>" + _table(
-            ["rows trained on", "rows evaluated on", "epochs run"],
-            [[seen.get("train"), seen.get("eval"), train.get("epochs_run")]], left=0))
+        parts.append(
+            "<h3>train</h3>"
+            + _table(
+                ["rows trained on", "rows evaluated on", "epochs run"],
+                [[seen.get("train"), seen.get("eval"), train.get("epochs_run")]],
+                left=0,
+            )
+        )
     score = (stages.get("score") or {}).get("rows")
     if score:
-        parts.append("<h3>score</h3>" + _table(
-            ["rows read", "scored", "dead-lettered", "reasons", "accounted (read = scored + dead)"],
-            [[score.get("rows_read"), score.get("rows_scored"), score.get("rows_dead_lettered"),
-              score.get("dead_letter_reasons") or {}, score.get("rows_accounted")]], left=0))
+        parts.append(
+            "<h3>score</h3>"
+            + _table(
+                [
+                    "rows read",
+                    "scored",
+                    "dead-lettered",
+                    "reasons",
+                    "accounted (read = scored + dead)",
+                ],
+                [
+                    [
+                        score.get("rows_read"),
+                        score.get("rows_scored"),
+                        score.get("rows_dead_lettered"),
+                        score.get("dead_letter_reasons") or {},
+                        score.get("rows_accounted"),
+                    ]
+                ],
+                left=0,
+            )
+        )
     if len(parts) == 1:
         parts.append('<p class="muted">No stage has finished yet.</p>')
     return "".join(parts)
 
 
 def _metrics_section(manifest: dict, metrics: dict | None) -> str:
-    evaluated = {"eval split (train stage)": (manifest.get("metrics") or {}).get("eval"),
-                 "scored rows vs their labels": (manifest.get("metrics") or {}).get("scored")}
+    evaluated = {
+        "eval split (train stage)": (manifest.get("metrics") or {}).get("eval"),
+        "scored rows vs their labels": (manifest.get("metrics") or {}).get("scored"),
+    }
     evaluated = {where: m for where, m in evaluated.items() if m}
-    names = [n for n in ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rows")
-             if any(n in m for m in evaluated.values())]
+    names = [
+        n
+        for n in ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "rows")
+        if any(n in m for m in evaluated.values())
+    ]
     rows = [[where, *[m.get(n, "") for n in names]] for where, m in evaluated.items()]
     parts = ["<h2>Metrics</h2>"]
-    parts.append(_table(["evaluated on", *names], rows) if rows else
-                 '<p class="muted">No metrics yet (the train stage has not finished).</p>')
+    parts.append(
+        _table(["evaluated on", *names], rows)
+        if rows
+        else '<p class="muted">No metrics yet (the train stage has not finished).</p>'
+    )
     return "".join(parts)
 
 
@@ -144,44 +219,57 @@ def _per_class_section(metrics: dict | None, scored: dict | None) -> str:
             t = test.get(name, {})
             row += [t.get("precision"), t.get("recall"), t.get("f1"), t.get("support")]
         rows.append(row)
-    note = ("eval split of the train stage" + ("; scored columns: the scored rows against their "
-                                                "labels" if test else ""))
-    return f"<h2>Per class</h2><p class=\"muted\">{_e(note)}</p>" + _table(header, rows)
+    note = "eval split of the train stage" + (
+        "; scored columns: the scored rows against their labels" if test else ""
+    )
+    return f'<h2>Per class</h2><p class="muted">{_e(note)}</p>' + _table(header, rows)
 
 
 def render(run_dir: str, manifest: dict) -> str:
     """The report page for `run_dir`, from its manifest and the model directory's files."""
-    model_dir = ((manifest.get("stages") or {}).get("train") or {}).get("dir") or \
-        FileSystems.join(run_dir, "model")
+    model_dir = ((manifest.get("stages") or {}).get("train") or {}).get("dir") or FileSystems.join(
+        run_dir, "model"
+    )
     metrics_path = FileSystems.join(model_dir, METRICS_FILE)
-    metrics = outputs.read_json(metrics_path) if outputs.is_complete(model_dir) and \
-        FileSystems.exists(metrics_path) else None
+    metrics = (
+        outputs.read_json(metrics_path)
+        if outputs.is_complete(model_dir) and FileSystems.exists(metrics_path)
+        else None
+    )
     status = manifest.get("status")
     versions = manifest.get("versions") or {}
     train_model = (manifest.get("stages") or {}).get("train") or {}
     parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>textclf run {_e(manifest.get('run_date'))}</title><style>{_STYLE}</style>",
         "</head><body>",
         f"<h1>textclf run {_e(manifest.get('run_date'))}: "
-        f"<span class=\"{_e(status)}\">{_e(status)}</span></h1>",
-        f"<p class=\"muted\">{_e(run_dir)} &middot; config {_e(manifest.get('config_file'))} "
+        f'<span class="{_e(status)}">{_e(status)}</span></h1>',
+        f'<p class="muted">{_e(run_dir)} &middot; config {_e(manifest.get("config_file"))} '
         f"&middot; started {_e(manifest.get('started_at'))}, finished "
         f"{_e(manifest.get('finished_at'))} ({_e(manifest.get('seconds'))} s)"
-        + (f" &middot; model {_e(train_model.get('model_version'))}"
-           if train_model.get("model_version") else "") + "</p>",
+        + (
+            f" &middot; model {_e(train_model.get('model_version'))}"
+            if train_model.get("model_version")
+            else ""
+        )
+        + "</p>",
     ]
     if manifest.get("reason"):
-        parts.append(f"<p class=\"failed\">{_e(manifest['reason'])}</p>")
-    parts += [_stages_section(manifest), _accounting_section(manifest),
-              _metrics_section(manifest, metrics)]
+        parts.append(f'<p class="failed">{_e(manifest["reason"])}</p>')
+    parts += [
+        _stages_section(manifest),
+        _accounting_section(manifest),
+        _metrics_section(manifest, metrics),
+    ]
     images = [(FileSystems.join(model_dir, name), caption) for name, caption in IMAGES]
     images = [(p, c) for p, c in images if outputs.is_complete(model_dir) and FileSystems.exists(p)]
     if images:
         parts.append("<h2>Training</h2>" + "".join(_image(p, c) for p, c in images))
     parts.append(_per_class_section(metrics, manifest.get("scored_evaluation")))
-    parts.append("<h2>Versions</h2>" + _table(["package", "version"],
-                                             [[k, v] for k, v in versions.items()]))
+    parts.append(
+        "<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in versions.items()])
+    )
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

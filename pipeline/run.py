@@ -49,7 +49,11 @@ _LOG = logging.getLogger("textclf.run")
 PREPROCESS, TRAIN, SCORE = "preprocess", "train", "score"
 STAGES = (PREPROCESS, TRAIN, SCORE)
 STAGE_DIRS = {PREPROCESS: "data", TRAIN: "model", SCORE: "scores"}
-STAGE_MODULES = {PREPROCESS: "pipeline.preprocess", TRAIN: "pipeline.train", SCORE: "pipeline.score"}
+STAGE_MODULES = {
+    PREPROCESS: "pipeline.preprocess",
+    TRAIN: "pipeline.train",
+    SCORE: "pipeline.score",
+}
 # Flags the run sets itself (from [inputs] and the run directory); a stage section may not.
 RESERVED_FLAGS = {
     PREPROCESS: {"input", "output_dir", "text_column", "label_column", "id_column"},
@@ -58,8 +62,17 @@ RESERVED_FLAGS = {
 }
 BEAM_STAGES = (PREPROCESS, SCORE)
 SECTIONS = ("inputs", *STAGES, "beam")
-PACKAGES = ("textclf", "apache-beam", "tensorflow", "tensorflow-transform", "tfx-bsl", "keras",
-            "pyarrow", "numpy", "matplotlib")
+PACKAGES = (
+    "textclf",
+    "apache-beam",
+    "tensorflow",
+    "tensorflow-transform",
+    "tfx-bsl",
+    "keras",
+    "pyarrow",
+    "numpy",
+    "matplotlib",
+)
 LOCK_FILE = ".run.lock"
 RAN, SKIPPED, FAILED, NOT_RUN, NOT_SELECTED = "ran", "skipped", "failed", "not_run", "not_selected"
 
@@ -90,8 +103,10 @@ def _patterns(value, key: str, base: str) -> tuple[str, ...]:
     if not values or not all(isinstance(v, str) and v for v in values):
         raise ConfigError(f"[inputs] {key} must be a file pattern or a list of them")
     # Relative patterns are relative to the config file, so a cron job's cwd does not matter.
-    return tuple(v if "://" in v or os.path.isabs(v) else os.path.normpath(os.path.join(base, v))
-                 for v in values)
+    return tuple(
+        v if "://" in v or os.path.isabs(v) else os.path.normpath(os.path.join(base, v))
+        for v in values
+    )
 
 
 def load_config(path: str) -> RunConfig:
@@ -105,8 +120,9 @@ def load_config(path: str) -> RunConfig:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; sections are: "
-                          f"{', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; sections are: {', '.join(SECTIONS)}"
+        )
     for section in SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{path}: [{section}] must be a table of settings")
@@ -114,8 +130,10 @@ def load_config(path: str) -> RunConfig:
     allowed = {"train", "score", "text_column", "label_column", "id_column"}
     extra = sorted(set(inputs) - allowed)
     if extra:
-        raise ConfigError(f"{path}: unknown [inputs] key(s) {', '.join(extra)}; keys are: "
-                          f"{', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"{path}: unknown [inputs] key(s) {', '.join(extra)}; keys are: "
+            f"{', '.join(sorted(allowed))}"
+        )
     for key in ("train", "score"):
         if key not in inputs:
             raise ConfigError(f"{path}: [inputs] needs `{key}` (file pattern(s) to {key} on)")
@@ -150,13 +168,17 @@ def settings_argv(parser: argparse.ArgumentParser, section: dict, stage: str) ->
     argv: list[str] = []
     for key, value in section.items():
         if key in RESERVED_FLAGS[stage]:
-            raise ConfigError(f"[{stage}] {key} is set by `textclf run` (from [inputs] and the "
-                              "run directory); remove it from the config")
+            raise ConfigError(
+                f"[{stage}] {key} is set by `textclf run` (from [inputs] and the "
+                "run directory); remove it from the config"
+            )
         action = actions.get(key)
         if action is None:
             known = sorted(set(actions) - RESERVED_FLAGS[stage] - {"help"})
-            raise ConfigError(f"[{stage}] {key} is not a flag of `textclf {stage}`; its flags "
-                              f"are: {', '.join(known)}")
+            raise ConfigError(
+                f"[{stage}] {key} is not a flag of `textclf {stage}`; its flags "
+                f"are: {', '.join(known)}"
+            )
         flag = f"--{key}"
         if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreTrueAction):
             if not isinstance(value, bool):
@@ -200,12 +222,29 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
     dirs = stage_dirs(run_dir)
     ids = ["--id_column", config.id_column] if config.id_column else []
     base = {
-        PREPROCESS: ["--input", *config.train_inputs, "--output_dir", dirs[PREPROCESS],
-                     "--text_column", config.text_column, "--label_column", config.label_column,
-                     *ids],
+        PREPROCESS: [
+            "--input",
+            *config.train_inputs,
+            "--output_dir",
+            dirs[PREPROCESS],
+            "--text_column",
+            config.text_column,
+            "--label_column",
+            config.label_column,
+            *ids,
+        ],
         TRAIN: ["--data_dir", dirs[PREPROCESS], "--model_dir", dirs[TRAIN]],
-        SCORE: ["--model_dir", dirs[TRAIN], "--input", *config.score_inputs, "--output",
-                dirs[SCORE], "--text_column", config.text_column, *ids],
+        SCORE: [
+            "--model_dir",
+            dirs[TRAIN],
+            "--input",
+            *config.score_inputs,
+            "--output",
+            dirs[SCORE],
+            "--text_column",
+            config.text_column,
+            *ids,
+        ],
     }
     argvs = {}
     for stage in STAGES:
@@ -241,7 +280,7 @@ def _last_line(lines: Sequence[str], prefix: str) -> str | None:
     lines = [line.strip() for line in lines if line.strip()]
     for line in reversed(lines):
         if line.startswith(prefix):
-            return line[len(prefix):].strip()
+            return line[len(prefix) :].strip()
     return lines[-1] if lines else None
 
 
@@ -256,8 +295,14 @@ def call_stage(stage: str, argv: list[str]) -> tuple[int, str | None]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
-    child = subprocess.Popen([sys.executable, "-m", "pipeline.cli", stage, *argv], env=env,
-                             stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", stage, *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
     tail: collections.deque[str] = collections.deque(maxlen=50)
     try:
         for line in child.stderr:
@@ -310,8 +355,10 @@ def matched_inputs(patterns: Sequence[str]) -> list[dict]:
             metadata = FileSystems.match([pattern])[0].metadata_list
         except Exception:  # noqa: BLE001 - the stage reports unusable inputs itself
             metadata = []
-        found += [{"path": m.path, "bytes": m.size_in_bytes} for m in sorted(
-            metadata, key=lambda m: m.path)]
+        found += [
+            {"path": m.path, "bytes": m.size_in_bytes}
+            for m in sorted(metadata, key=lambda m: m.path)
+        ]
     return found
 
 
@@ -331,14 +378,32 @@ def stage_rows(stage: str, stage_dir: str) -> dict | None:
         return {"rows_seen": metrics.get("rows_seen"), "epochs_run": metrics.get("epochs_run")}
     stats = _read_json_or_none(_join(stage_dir, STATS_FILE)) or {}
     if stage == PREPROCESS:
-        keys = ("rows_read", "rows_written", "rows_dead_lettered", "dead_letter_reasons",
-                "rows_accounted", "num_classes", "vocab_size", "rows_truncated", "oov_rate")
+        keys = (
+            "rows_read",
+            "rows_written",
+            "rows_dead_lettered",
+            "dead_letter_reasons",
+            "rows_accounted",
+            "num_classes",
+            "vocab_size",
+            "rows_truncated",
+            "oov_rate",
+        )
         return {k: stats.get(k) for k in keys}
-    rows = {k: stats.get(k) for k in ("rows_read", "rows_scored", "rows_dead_lettered",
-                                      "dead_letter_reasons", "label_counts")}
+    rows = {
+        k: stats.get(k)
+        for k in (
+            "rows_read",
+            "rows_scored",
+            "rows_dead_lettered",
+            "dead_letter_reasons",
+            "label_counts",
+        )
+    }
     if None not in (rows["rows_read"], rows["rows_scored"], rows["rows_dead_lettered"]):
-        rows["rows_accounted"] = rows["rows_read"] == rows["rows_scored"] + rows[
-            "rows_dead_lettered"]
+        rows["rows_accounted"] = (
+            rows["rows_read"] == rows["rows_scored"] + rows["rows_dead_lettered"]
+        )
     return rows
 
 
@@ -346,7 +411,9 @@ def headline_metrics(metrics: dict | None) -> dict | None:
     """The scalar metrics (accuracy, macro-F1, ...) without per-class tables and matrices."""
     if not metrics:
         return None
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str) or k == "rows_seen"}
+    return {
+        k: v for k, v in metrics.items() if isinstance(v, int | float | str) or k == "rows_seen"
+    }
 
 
 def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict | None:
@@ -365,8 +432,12 @@ def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict 
 
     if not (outputs.is_complete(scores_dir) and outputs.is_complete(model_dir)):
         return None
-    files = [m.path for m in FileSystems.match(
-        [_join(scores_dir, f"{SCORED_PREFIX}-*{PARQUET_SUFFIX}")])[0].metadata_list]
+    files = [
+        m.path
+        for m in FileSystems.match([_join(scores_dir, f"{SCORED_PREFIX}-*{PARQUET_SUFFIX}")])[
+            0
+        ].metadata_list
+    ]
     if not files:
         return None
     dataset = ds.dataset(files, format="parquet")
@@ -375,13 +446,19 @@ def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict 
     table = dataset.to_table(columns=[label_column, PREDICTED_LABEL_COLUMN])
     names = [n for n in outputs.read_text(_join(model_dir, LABELS_TXT)).split("\n") if n]
     index = {n: i for i, n in enumerate(names)}
-    truth = np.array([index.get(str(v), -1) if v is not None else -1
-                      for v in table.column(label_column).to_pylist()])
-    predicted = np.array([index.get(v, -1) for v in table.column(PREDICTED_LABEL_COLUMN)
-                          .to_pylist()])
+    truth = np.array(
+        [
+            index.get(str(v), -1) if v is not None else -1
+            for v in table.column(label_column).to_pylist()
+        ]
+    )
+    predicted = np.array(
+        [index.get(v, -1) for v in table.column(PREDICTED_LABEL_COLUMN).to_pylist()]
+    )
     known = truth >= 0
     metrics = evaluation.single_label_metrics(
-        truth[known], np.eye(len(names))[predicted[known]], names)
+        truth[known], np.eye(len(names))[predicted[known]], names
+    )
     metrics["rows_with_unknown_label"] = int((~known).sum())
     metrics["label_column"] = label_column
     return metrics
@@ -440,8 +517,10 @@ class RunLock:
             except FileExistsError:
                 holder = self._holder()
                 if holder and _alive(holder):
-                    raise RunLocked(f"another textclf run (pid {holder}) is running in "
-                                    f"{os.path.dirname(self.path)}; wait for it to finish") from None
+                    raise RunLocked(
+                        f"another textclf run (pid {holder}) is running in "
+                        f"{os.path.dirname(self.path)}; wait for it to finish"
+                    ) from None
                 _LOG.info("removing stale lock %s (pid %s is gone)", self.path, holder)
                 os.remove(self.path)
                 continue
@@ -479,24 +558,40 @@ def _alive(pid: int) -> bool:
 def _log_stage_end(stage: str, entry: dict) -> None:
     rows = entry.get("rows") or {}
     if stage == PREPROCESS:
-        detail = (f"{rows.get('rows_read')} rows read, written {rows.get('rows_written')}, "
-                  f"{rows.get('rows_dead_lettered')} dead-lettered "
-                  f"{rows.get('dead_letter_reasons') or ''}")
+        detail = (
+            f"{rows.get('rows_read')} rows read, written {rows.get('rows_written')}, "
+            f"{rows.get('rows_dead_lettered')} dead-lettered "
+            f"{rows.get('dead_letter_reasons') or ''}"
+        )
     elif stage == TRAIN:
         metrics = entry.get("metrics") or {}
-        detail = (f"rows seen {rows.get('rows_seen')}, {rows.get('epochs_run')} epoch(s), eval "
-                  f"accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')}")
+        detail = (
+            f"rows seen {rows.get('rows_seen')}, {rows.get('epochs_run')} epoch(s), eval "
+            f"accuracy {metrics.get('accuracy')}, macro-F1 {metrics.get('macro_f1')}"
+        )
     else:
-        detail = (f"{rows.get('rows_read')} rows read, {rows.get('rows_scored')} scored, "
-                  f"{rows.get('rows_dead_lettered')} dead-lettered "
-                  f"{rows.get('dead_letter_reasons') or ''}")
-    _LOG.info("stage %s: %s in %.1fs: %s", stage, entry["status"], entry.get("seconds") or 0.0,
-              detail.strip())
+        detail = (
+            f"{rows.get('rows_read')} rows read, {rows.get('rows_scored')} scored, "
+            f"{rows.get('rows_dead_lettered')} dead-lettered "
+            f"{rows.get('dead_letter_reasons') or ''}"
+        )
+    _LOG.info(
+        "stage %s: %s in %.1fs: %s",
+        stage,
+        entry["status"],
+        entry.get("seconds") or 0.0,
+        detail.strip(),
+    )
 
 
-def run(config: RunConfig, root: str, run_date: str, force: bool = False,
-        stages: Sequence[str] = STAGES,
-        call: Callable[[str, list[str]], tuple[int, str | None]] | None = None) -> int:
+def run(
+    config: RunConfig,
+    root: str,
+    run_date: str,
+    force: bool = False,
+    stages: Sequence[str] = STAGES,
+    call: Callable[[str, list[str]], tuple[int, str | None]] | None = None,
+) -> int:
     """Run the selected stages under `<root>/<run_date>`; return the exit code.
 
     On failure prints one line to stderr naming the stage and the reason. `call` runs one stage
@@ -550,11 +645,20 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
             for key in ("seconds", "started_at", "finished_at"):
                 if key in old:
                     entry[key] = old[key]
-            _LOG.info("stage %s: skipped, %s exists in %s (pass --force to redo it)", stage,
-                      SUCCESS_FILE, dirs[stage])
+            _LOG.info(
+                "stage %s: skipped, %s exists in %s (pass --force to redo it)",
+                stage,
+                SUCCESS_FILE,
+                dirs[stage],
+            )
         else:
-            why = ("--force" if force and outputs.is_complete(dirs[stage]) else
-                   f"{STAGES[i - 1]} finished after it" if stale else "no finished output yet")
+            why = (
+                "--force"
+                if force and outputs.is_complete(dirs[stage])
+                else f"{STAGES[i - 1]} finished after it"
+                if stale
+                else "no finished output yet"
+            )
             _LOG.info("stage %s: started (%s) -> %s", stage, why, dirs[stage])
             entry.update(status="running", started_at=_now())
             write_manifest(run_dir, manifest)
@@ -567,13 +671,16 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
             else:
                 entry.update(status=FAILED, reason=reason or f"no {SUCCESS_FILE} was written")
                 exit_code = code if code else 1
-                failure = (f"textclf run: stage {stage} failed"
-                           f"{' (bad input)' if code == EXIT_BAD_INPUT else ''}: {entry['reason']}")
+                failure = (
+                    f"textclf run: stage {stage} failed"
+                    f"{' (bad input)' if code == EXIT_BAD_INPUT else ''}: {entry['reason']}"
+                )
         if entry["status"] in (RAN, SKIPPED):
             entry["rows"] = stage_rows(stage, dirs[stage])
             if stage == TRAIN:
                 entry["metrics"] = headline_metrics(
-                    _read_json_or_none(_join(dirs[TRAIN], METRICS_FILE)))
+                    _read_json_or_none(_join(dirs[TRAIN], METRICS_FILE))
+                )
                 card = _read_json_or_none(_join(dirs[TRAIN], MODEL_CARD_FILE)) or {}
                 entry["model_version"] = card.get("model_version")
             if entry["status"] == RAN:
@@ -581,9 +688,12 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
         write_manifest(run_dir, manifest)
 
     manifest["metrics"] = {
-        "eval": (manifest["stages"][TRAIN].get("metrics")
-                 or headline_metrics(_read_json_or_none(_join(dirs[TRAIN], METRICS_FILE)))
-                 if outputs.is_complete(dirs[TRAIN]) else None),
+        "eval": (
+            manifest["stages"][TRAIN].get("metrics")
+            or headline_metrics(_read_json_or_none(_join(dirs[TRAIN], METRICS_FILE)))
+            if outputs.is_complete(dirs[TRAIN])
+            else None
+        ),
         "scored": None,
     }
     try:
@@ -594,16 +704,29 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
     manifest["scored_evaluation"] = scored
     manifest["metrics"]["scored"] = headline_metrics(scored)
     if scored:
-        _LOG.info("scored rows vs their %s column: accuracy %.4f, macro-F1 %.4f on %d rows",
-                  config.label_column, scored["accuracy"], scored["macro_f1"], scored["rows"])
+        _LOG.info(
+            "scored rows vs their %s column: accuracy %.4f, macro-F1 %.4f on %d rows",
+            config.label_column,
+            scored["accuracy"],
+            scored["macro_f1"],
+            scored["rows"],
+        )
     complete = all(outputs.is_complete(d) for d in dirs.values())
-    manifest.update(status="failed" if failure else "succeeded" if complete else "partial",
-                    finished_at=_now(), seconds=round(time.time() - started, 2),
-                    reason=failure)
-    manifest["invocations"].append({
-        "started_at": manifest["started_at"], "finished_at": manifest["finished_at"],
-        "force": force, "stages": {s: e["status"] for s, e in manifest["stages"].items()},
-        "exit_code": exit_code})
+    manifest.update(
+        status="failed" if failure else "succeeded" if complete else "partial",
+        finished_at=_now(),
+        seconds=round(time.time() - started, 2),
+        reason=failure,
+    )
+    manifest["invocations"].append(
+        {
+            "started_at": manifest["started_at"],
+            "finished_at": manifest["finished_at"],
+            "force": force,
+            "stages": {s: e["status"] for s, e in manifest["stages"].items()},
+            "exit_code": exit_code,
+        }
+    )
     write_manifest(run_dir, manifest)
     try:
         from pipeline import report
@@ -619,8 +742,13 @@ def run(config: RunConfig, root: str, run_date: str, force: bool = False,
         return exit_code
     if complete:
         outputs.write_text(run_success, _now() + "\n")
-    _LOG.info("run %s: %s in %.1fs (%s)", run_date, manifest["status"], manifest["seconds"],
-              _join(run_dir, MANIFEST_FILE))
+    _LOG.info(
+        "run %s: %s in %.1fs (%s)",
+        run_date,
+        manifest["status"],
+        manifest["seconds"],
+        _join(run_dir, MANIFEST_FILE),
+    )
     return 0
 
 
@@ -645,7 +773,8 @@ def stages_arg(value: str) -> tuple[str, ...]:
     unknown = [s for s in chosen if s not in STAGES]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
-            f"unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {','.join(STAGES)}")
+            f"unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {','.join(STAGES)}"
+        )
     return chosen
 
 
@@ -653,17 +782,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="textclf run",
         description="Run preprocess -> train -> score under ROOT/RUN_DATE/{data,model,scores}, "
-        "skipping stages that already finished, and write manifest.json and report.html there.")
-    parser.add_argument("--config", required=True, help="TOML config ([inputs], [preprocess], "
-                        "[train], [score], [beam]); relative paths are relative to it")
+        "skipping stages that already finished, and write manifest.json and report.html there.",
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="TOML config ([inputs], [preprocess], "
+        "[train], [score], [beam]); relative paths are relative to it",
+    )
     parser.add_argument("--root", required=True, help="root of the run directories")
-    parser.add_argument("--run_date", type=run_date_arg,
-                        default=_dt.datetime.now(_dt.UTC).date().isoformat(),
-                        help="YYYY-MM-DD (default: today, UTC); give an older one to backfill")
-    parser.add_argument("--force", action="store_true",
-                        help="redo the selected stages even if they finished")
-    parser.add_argument("--stages", type=stages_arg, default=STAGES,
-                        help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    parser.add_argument(
+        "--run_date",
+        type=run_date_arg,
+        default=_dt.datetime.now(_dt.UTC).date().isoformat(),
+        help="YYYY-MM-DD (default: today, UTC); give an older one to backfill",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="redo the selected stages even if they finished"
+    )
+    parser.add_argument(
+        "--stages",
+        type=stages_arg,
+        default=STAGES,
+        help=f"comma-separated subset of {','.join(STAGES)} (default: all)",
+    )
     return parser
 
 

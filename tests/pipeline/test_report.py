@@ -29,13 +29,22 @@ def run_dir(tmp_path):
     run_dir = tmp_path / "2024-03-01"
     model = run_dir / "model"
     model.mkdir(parents=True)
-    history = {"loss": [1.1, 0.7, 0.5], "accuracy": [0.4, 0.7, 0.8],
-               "val_loss": [1.0, 0.8, 0.7], "val_accuracy": [0.5, 0.66, 0.71]}
+    history = {
+        "loss": [1.1, 0.7, 0.5],
+        "accuracy": [0.4, 0.7, 0.8],
+        "val_loss": [1.0, 0.8, 0.7],
+        "val_accuracy": [0.5, 0.66, 0.71],
+    }
     confusion = [[30, 3, 2], [4, 25, 6], [1, 2, 27]]
-    metrics = {"rows": 100, "accuracy": 0.82, "macro_f1": 0.815,
-               "per_class": {c: {"precision": 0.8, "recall": 0.85, "f1": 0.824, "support": 35}
-                             for c in CLASSES},
-               "confusion_matrix": confusion}
+    metrics = {
+        "rows": 100,
+        "accuracy": 0.82,
+        "macro_f1": 0.815,
+        "per_class": {
+            c: {"precision": 0.8, "recall": 0.85, "f1": 0.824, "support": 35} for c in CLASSES
+        },
+        "confusion_matrix": confusion,
+    }
     outputs.write_json(str(model / METRICS_FILE), metrics)
     export.plot_training_curves(history, str(model / export.CURVES_PNG))
     export.plot_confusion_matrix(confusion, CLASSES, str(model / export.CONFUSION_PNG))
@@ -45,28 +54,54 @@ def run_dir(tmp_path):
 
 def _manifest(run_dir, status="succeeded", reason=None) -> dict:
     return {
-        "run_date": "2024-03-01", "status": status, "reason": reason, "seconds": 12.5,
-        "config_file": "/jobs/news.toml", "started_at": "2024-03-01T01:00:00+00:00",
+        "run_date": "2024-03-01",
+        "status": status,
+        "reason": reason,
+        "seconds": 12.5,
+        "config_file": "/jobs/news.toml",
+        "started_at": "2024-03-01T01:00:00+00:00",
         "finished_at": "2024-03-01T01:00:12+00:00",
         "versions": {"python": "3.11.7", "tensorflow": "2.21.0"},
         "stages": {
-            "preprocess": {"status": "ran", "seconds": 4.0, "dir": str(run_dir / "data"),
-                           "rows": {"rows_read": 1234, "rows_written": {"train": 1100, "eval": 120},
-                                    "rows_dead_lettered": 14,
-                                    "dead_letter_reasons": {"text_is_empty": 14},
-                                    "rows_accounted": True}},
-            "train": {"status": "skipped", "seconds": 6.0, "dir": str(run_dir / "model"),
-                      "model_version": "20240301T010000Z-abcd1234",
-                      "rows": {"rows_seen": {"train": 1100, "eval": 120}, "epochs_run": 3}},
-            "score": {"status": "failed" if reason else "ran", "seconds": 2.5,
-                      "dir": str(run_dir / "scores"), "reason": reason,
-                      "rows": None if reason else {
-                          "rows_read": 777, "rows_scored": 770, "rows_dead_lettered": 7,
-                          "dead_letter_reasons": {"text_is_null": 7}, "rows_accounted": True}},
+            "preprocess": {
+                "status": "ran",
+                "seconds": 4.0,
+                "dir": str(run_dir / "data"),
+                "rows": {
+                    "rows_read": 1234,
+                    "rows_written": {"train": 1100, "eval": 120},
+                    "rows_dead_lettered": 14,
+                    "dead_letter_reasons": {"text_is_empty": 14},
+                    "rows_accounted": True,
+                },
+            },
+            "train": {
+                "status": "skipped",
+                "seconds": 6.0,
+                "dir": str(run_dir / "model"),
+                "model_version": "20240301T010000Z-abcd1234",
+                "rows": {"rows_seen": {"train": 1100, "eval": 120}, "epochs_run": 3},
+            },
+            "score": {
+                "status": "failed" if reason else "ran",
+                "seconds": 2.5,
+                "dir": str(run_dir / "scores"),
+                "reason": reason,
+                "rows": None
+                if reason
+                else {
+                    "rows_read": 777,
+                    "rows_scored": 770,
+                    "rows_dead_lettered": 7,
+                    "dead_letter_reasons": {"text_is_null": 7},
+                    "rows_accounted": True,
+                },
+            },
         },
-        "metrics": {"eval": {"accuracy": 0.82, "macro_f1": 0.815, "rows": 120},
-                    "scored": None if reason else {"accuracy": 0.79, "macro_f1": 0.78,
-                                                   "rows": 770}},
+        "metrics": {
+            "eval": {"accuracy": 0.82, "macro_f1": 0.815, "rows": 120},
+            "scored": None if reason else {"accuracy": 0.79, "macro_f1": 0.78, "rows": 770},
+        },
         "scored_evaluation": None,
     }
 
@@ -87,7 +122,10 @@ class _Collect(HTMLParser):
 
 def test_report_image_names_are_the_trainers():
     assert (report.CURVES_PNG, report.CONFUSION_PNG, report.F1_BARS_PNG) == (
-        export.CURVES_PNG, export.CONFUSION_PNG, export.F1_BARS_PNG)
+        export.CURVES_PNG,
+        export.CONFUSION_PNG,
+        export.F1_BARS_PNG,
+    )
 
 
 def test_report_is_one_self_contained_page_with_accounting_metrics_and_images(run_dir):
@@ -100,13 +138,26 @@ def test_report_is_one_self_contained_page_with_accounting_metrics_and_images(ru
     assert len(found.srcs) == 2 and "script" not in found.tags
     for src in found.srcs:
         assert src.startswith("data:image/png;base64,")
-        image = matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])),
-                                        format="png")
+        image = matplotlib.image.imread(
+            io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png"
+        )
         assert image.shape[0] > 100 and image.shape[1] > 100
     text = re.sub(r"<[^>]+>", " ", page)
-    for expected in ("1234", "1100", "120", "text_is_empty: 14", "777", "770",
-                     "text_is_null: 7", "0.8200", "0.7900", "20240301T010000Z-abcd1234",
-                     "sci.space", "skipped", "Training curves"):
+    for expected in (
+        "1234",
+        "1100",
+        "120",
+        "text_is_empty: 14",
+        "777",
+        "770",
+        "text_is_null: 7",
+        "0.8200",
+        "0.7900",
+        "20240301T010000Z-abcd1234",
+        "sci.space",
+        "skipped",
+        "Training curves",
+    ):
         assert expected in text, expected
 
 
@@ -125,18 +176,31 @@ def test_report_without_a_finished_model_still_renders(tmp_path):
     assert "data:image" not in page and "No metrics yet" in page
 
 
-@pytest.mark.skipif(not shutil.which(CHROMIUM),
-                    reason=f"{CHROMIUM} missing (CI: apt-get install -y chromium)")
+@pytest.mark.skipif(
+    not shutil.which(CHROMIUM), reason=f"{CHROMIUM} missing (CI: apt-get install -y chromium)"
+)
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     report.write_report(str(run_dir), _manifest(run_dir))
     shot = tmp_path / "report.png"
     subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-         f"--screenshot={shot}", "--window-size=1200,1600",
-         (run_dir / REPORT_FILE).as_uri()],
-        check=True, capture_output=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            (run_dir / REPORT_FILE).as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     pixels = matplotlib.image.imread(str(shot))[..., :3]
     assert pixels.shape[:2] == (1600, 1200)
     not_white = np.any(pixels < 0.95, axis=-1).mean()

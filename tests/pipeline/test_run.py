@@ -100,21 +100,42 @@ class FakeStages:
         out = argv[argv.index(flag) + 1]
         staging = outputs.staging_dir(out)
         if stage == "preprocess":
-            outputs.write_json(os.path.join(staging, STATS_FILE), {
-                "rows_read": 240, "rows_written": {"train": 216, "eval": 24},
-                "rows_dead_lettered": 0, "dead_letter_reasons": {}, "rows_accounted": True})
+            outputs.write_json(
+                os.path.join(staging, STATS_FILE),
+                {
+                    "rows_read": 240,
+                    "rows_written": {"train": 216, "eval": 24},
+                    "rows_dead_lettered": 0,
+                    "dead_letter_reasons": {},
+                    "rows_accounted": True,
+                },
+            )
         elif stage == "train":
-            outputs.write_json(os.path.join(staging, METRICS_FILE), {
-                "rows": 24, "accuracy": 0.75, "macro_f1": 0.7, "epochs_run": 1,
-                "rows_seen": {"train": 216, "eval": 24},
-                "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.67, "support": 2}},
-                "confusion_matrix": [[1, 1], [0, 2]]})
+            outputs.write_json(
+                os.path.join(staging, METRICS_FILE),
+                {
+                    "rows": 24,
+                    "accuracy": 0.75,
+                    "macro_f1": 0.7,
+                    "epochs_run": 1,
+                    "rows_seen": {"train": 216, "eval": 24},
+                    "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.67, "support": 2}},
+                    "confusion_matrix": [[1, 1], [0, 2]],
+                },
+            )
             outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), {"model_version": "v1"})
             outputs.write_text(os.path.join(staging, LABELS_TXT), "a\nb\n")
         else:
-            outputs.write_json(os.path.join(staging, STATS_FILE), {
-                "rows_read": 60, "rows_scored": 59, "rows_dead_lettered": 1,
-                "dead_letter_reasons": {"text_is_empty": 1}, "label_counts": {"a": 59}})
+            outputs.write_json(
+                os.path.join(staging, STATS_FILE),
+                {
+                    "rows_read": 60,
+                    "rows_scored": 59,
+                    "rows_dead_lettered": 1,
+                    "dead_letter_reasons": {"text_is_empty": 1},
+                    "label_counts": {"a": 59},
+                },
+            )
         outputs.finalize(staging, out)
         return 0, None
 
@@ -145,20 +166,27 @@ def test_config_sections_become_each_stages_own_flags(tmp_path):
 
 def test_boolean_settings_follow_the_flags_own_action(tmp_path):
     parser = run.stage_parser("preprocess")
-    assert run.settings_argv(parser, {"lowercase": False, "multi_label": False},
-                             "preprocess") == ["--no-lowercase"]
-    assert run.settings_argv(parser, {"strip_punctuation": True, "multi_label": True},
-                             "preprocess") == ["--strip_punctuation", "--multi_label"]
+    assert run.settings_argv(parser, {"lowercase": False, "multi_label": False}, "preprocess") == [
+        "--no-lowercase"
+    ]
+    assert run.settings_argv(
+        parser, {"strip_punctuation": True, "multi_label": True}, "preprocess"
+    ) == ["--strip_punctuation", "--multi_label"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("[train]\nepoch = 3", "[train] epoch is not a flag of `textclf train`"),
-    ("[score]\noutput = 'x'", "[score] output is set by `textclf run`"),
-    ("[preprocess]\nnum_oov_buckets = 'many'", "[preprocess] argument --num_oov_buckets: invalid"),
-    ("[stages]\nx = 1", "unknown section(s) stages"),
-])
-def test_bad_config_is_refused_before_any_stage_runs(tmp_path, monkeypatch, capsys, extra,
-                                                     message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[train]\nepoch = 3", "[train] epoch is not a flag of `textclf train`"),
+        ("[score]\noutput = 'x'", "[score] output is set by `textclf run`"),
+        (
+            "[preprocess]\nnum_oov_buckets = 'many'",
+            "[preprocess] argument --num_oov_buckets: invalid",
+        ),
+        ("[stages]\nx = 1", "unknown section(s) stages"),
+    ],
+)
+def test_bad_config_is_refused_before_any_stage_runs(tmp_path, monkeypatch, capsys, extra, message):
     path = _config(tmp_path)
     text = open(path).read()
     section = extra.split("\n")[0]
@@ -201,25 +229,29 @@ def test_a_stage_older_than_its_input_stage_runs_again(tmp_path, monkeypatch):
     assert run.main(argv) == 0
     assert run.main(argv + ["--force", "--stages", "train"]) == 0
     assert fake.calls[3:] == ["train"]
-    assert _statuses(root) == {"preprocess": "not_selected", "train": "ran",
-                               "score": "not_selected"}
-    assert not (root / RUN_DATE / SUCCESS_FILE).exists() or run.is_stale(
-        str(root / RUN_DATE / "scores"), str(root / RUN_DATE / "model"))
+    assert _statuses(root) == {
+        "preprocess": "not_selected",
+        "train": "ran",
+        "score": "not_selected",
+    }
+    assert run.is_stale(str(root / RUN_DATE / "scores"), str(root / RUN_DATE / "model"))
     assert run.main(argv) == 0  # the scores predate the new model: only score runs
     assert fake.calls[4:] == ["score"]
     assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "ran"}
 
 
-def test_failed_stage_exits_non_zero_with_one_line_and_a_rerun_finishes(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_failed_stage_exits_non_zero_with_one_line_and_a_rerun_finishes(
+    tmp_path, monkeypatch, capsys
+):
     root = tmp_path / "runs"
     argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
     fake = FakeStages(fail={"train": 1})
     monkeypatch.setattr(run, "call_stage", fake)
     assert run.main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("textclf run: stage train failed (bad input): column 'body' not found in "
-                       "train input")
+    assert err[-1] == (
+        "textclf run: stage train failed (bad input): column 'body' not found in train input"
+    )
     assert _statuses(root) == {"preprocess": "ran", "train": "failed", "score": "not_run"}
     manifest = _manifest(root)
     assert manifest["status"] == "failed" and manifest["reason"] == err[-1]
@@ -245,15 +277,20 @@ def test_manifest_records_inputs_config_versions_rows_metrics_and_timings(tmp_pa
     assert manifest["inputs"]["train_files"][0]["bytes"] > 0
     assert manifest["inputs"]["label_column"] == "label"
     assert {"python", "apache-beam", "tensorflow", "keras", "pyarrow", "textclf"} <= set(
-        manifest["versions"])
+        manifest["versions"]
+    )
     stages = manifest["stages"]
     assert stages["preprocess"]["rows"]["rows_read"] == 240
     assert stages["preprocess"]["rows"]["rows_written"] == {"train": 216, "eval": 24}
     assert stages["train"]["rows"]["rows_seen"] == {"train": 216, "eval": 24}
     assert stages["score"]["rows"] == {
-        "rows_read": 60, "rows_scored": 59, "rows_dead_lettered": 1,
-        "dead_letter_reasons": {"text_is_empty": 1}, "label_counts": {"a": 59},
-        "rows_accounted": True}
+        "rows_read": 60,
+        "rows_scored": 59,
+        "rows_dead_lettered": 1,
+        "dead_letter_reasons": {"text_is_empty": 1},
+        "label_counts": {"a": 59},
+        "rows_accounted": True,
+    }
     assert manifest["metrics"]["eval"]["accuracy"] == 0.75
     assert "per_class" not in manifest["metrics"]["eval"]
     assert stages["train"]["model_version"] == "v1"
@@ -264,13 +301,13 @@ def test_manifest_records_inputs_config_versions_rows_metrics_and_timings(tmp_pa
     assert not list((root / RUN_DATE).glob("*.tmp-*"))
 
 
-def test_a_second_run_of_the_same_date_is_refused_while_the_first_holds_the_lock(tmp_path,
-                                                                                 capsys):
+def test_a_second_run_of_the_same_date_is_refused_while_the_first_holds_the_lock(tmp_path, capsys):
     run_dir = tmp_path / "runs" / RUN_DATE
     run_dir.mkdir(parents=True)
     (run_dir / run.LOCK_FILE).write_text(str(os.getppid()))  # a live process
-    code = run.main(["--config", _config(tmp_path), "--root", str(tmp_path / "runs"),
-                     "--run_date", RUN_DATE])
+    code = run.main(
+        ["--config", _config(tmp_path), "--root", str(tmp_path / "runs"), "--run_date", RUN_DATE]
+    )
     assert code == 1
     assert "another textclf run" in capsys.readouterr().err
 
@@ -278,8 +315,16 @@ def test_a_second_run_of_the_same_date_is_refused_while_the_first_holds_the_lock
 def test_a_real_stage_with_bad_input_fails_with_exit_2_and_leaves_no_success(tmp_path, capsys):
     """A missing text column, found by the real preprocess stage in its child process."""
     root = tmp_path / "runs"
-    code = run.main(["--config", _config(tmp_path, text_column="body"), "--root", str(root),
-                     "--run_date", RUN_DATE])
+    code = run.main(
+        [
+            "--config",
+            _config(tmp_path, text_column="body"),
+            "--root",
+            str(root),
+            "--run_date",
+            RUN_DATE,
+        ]
+    )
     assert code == EXIT_BAD_INPUT
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("textclf run: stage preprocess failed (bad input): ")
