@@ -664,7 +664,23 @@ def run(
             write_manifest(run_dir, manifest)
             discard_stale_staging(dirs[stage])
             t0 = time.time()
-            code, reason = call(stage, argvs[stage])
+            try:
+                code, reason = call(stage, argvs[stage])
+            except (KeyboardInterrupt, SystemExit) as stop:
+                # Stopped (SIGTERM, Ctrl-C): say so in the manifest, then stop as asked.
+                entry.update(
+                    status=FAILED,
+                    reason=f"interrupted ({type(stop).__name__})",
+                    seconds=round(time.time() - t0, 2),
+                    finished_at=_now(),
+                )
+                manifest.update(
+                    status="failed",
+                    finished_at=_now(),
+                    reason=f"textclf run: stage {stage} interrupted",
+                )
+                write_manifest(run_dir, manifest)
+                raise
             entry.update(seconds=round(time.time() - t0, 2), finished_at=_now(), exit_code=code)
             if code == 0 and outputs.is_complete(dirs[stage]):
                 entry["status"] = RAN

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -333,6 +337,42 @@ def test_a_real_stage_with_bad_input_fails_with_exit_2_and_leaves_no_success(tmp
     assert not list(run_dir.rglob(SUCCESS_FILE))
     assert not list(run_dir.glob(".data.inprogress-*"))
     assert _manifest(root)["stages"]["preprocess"]["exit_code"] == EXIT_BAD_INPUT
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_that_looks_complete(tmp_path):
+    """SIGTERM while preprocess runs: the stage stops, no _SUCCESS, the manifest says so."""
+    root = tmp_path / "runs"
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--config",
+            _config(tmp_path),
+            "--root",
+            str(root),
+            "--run_date",
+            RUN_DATE,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dir = root / RUN_DATE
+    deadline = time.time() + 120
+    while not list(run_dir.glob(".data.inprogress-*")) and time.time() < deadline:
+        assert job.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) != 0
+    assert not list(run_dir.rglob(SUCCESS_FILE))
+    assert not (run_dir / "data").exists()
+    manifest = _manifest(root)
+    assert manifest["status"] == "failed"
+    assert manifest["stages"]["preprocess"]["status"] == "failed"
+    assert "interrupted" in manifest["stages"]["preprocess"]["reason"]
+    assert not (run_dir / run.LOCK_FILE).exists()
 
 
 @pytest.mark.slow
