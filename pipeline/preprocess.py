@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
+from pipeline.options import allow_shared_flags, make_pipeline
 from transforms.contracts import (
     CONFIG_FILE,
     DEAD_LETTER_PREFIX,
@@ -50,13 +51,8 @@ class PreprocessOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
-        # in the process (preprocess and score in `textclf run` or a test session), so no flag
-        # here may be argparse-required (any other pipeline would then exit), and a flag another
-        # stage also declares (--input, with score) must replace rather than clash: "resolve".
-        for container in (parser, *parser._action_groups):  # groups copied the handler
-            container.conflict_handler = "resolve"
-        parser.add_argument("--input", nargs="+", metavar="PATTERN",
+        allow_shared_flags(parser)  # --input: see pipeline/options.py
+        parser.add_argument("--input", nargs="+", action="extend", metavar="PATTERN",
                             help="input file patterns (local paths or any Beam filesystem URI); "
                             "required")
         parser.add_argument("--output_dir",
@@ -166,7 +162,7 @@ def _dead_letter_json(record: dict) -> str:
 
 
 def _parse_error_stats(record: dict) -> dict:
-    return {"rows_read": 1, "dead_lettered": {record["reason"].split(":")[0]: 1}}
+    return {"rows_read": 1, "dead_lettered": {record["reason"]: 1}}
 
 
 def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
@@ -277,7 +273,7 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     temp_dir = f"{temp_location.rstrip('/')}/tft" if temp_location else f"{staging}/_tft_tmp"
     start = time.time()
     try:
-        with beam.Pipeline(options=beam_options) as p:
+        with make_pipeline(beam_options) as p:
             build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir)
         stats, config = _final_stats(staging, settings, time.time() - start)
         config.update(input=list(opts.input), files=sorted(files), text_column=spec.text_column,
@@ -297,13 +293,6 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     return stats
 
 
-def beam_defaults(beam_args: list[str]) -> list[str]:
-    """Default to the in-process DirectRunner when the user names no runner."""
-    if not any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        beam_args = ["--runner=DirectRunner", *beam_args]
-    return beam_args
-
-
 def parse(argv: list[str]) -> tuple[PreprocessOptions, PipelineOptions]:
     parser = argparse.ArgumentParser(
         prog="textclf preprocess",
@@ -314,7 +303,6 @@ def parse(argv: list[str]) -> tuple[PreprocessOptions, PipelineOptions]:
     missing = [f"--{name}" for name in PreprocessOptions.REQUIRED_FLAGS if not getattr(known, name)]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
-    beam_args = beam_defaults(beam_args)
     own = [a for a in argv if a not in beam_args]
     options = PipelineOptions(beam_args + own)
     return options.view_as(PreprocessOptions), options

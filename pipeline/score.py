@@ -21,9 +21,10 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
+from pipeline.options import allow_shared_flags, make_pipeline
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
@@ -58,11 +59,7 @@ class ScoreOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
-        # in the process; --input (preprocess) and --model_dir (train) are declared there too,
-        # so they must replace rather than clash.
-        for container in (parser, *parser._action_groups):  # groups copied the handler
-            container.conflict_handler = "resolve"
+        allow_shared_flags(parser)  # --input, --model_dir: see pipeline/options.py
         parser.add_argument("--model_dir", help="a finished training-stage model directory")
         parser.add_argument(
             "--input",
@@ -202,26 +199,6 @@ def _load_model_info(model_dir: str) -> ScoringModel:
 # The pipeline.
 
 
-def _pipeline(options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the given runner; with none given, the in-process FnApiRunner.
-
-    Beam's DirectRunner first tries to start Prism (a Go binary it downloads), which costs time
-    and fails offline before falling back to this same FnApiRunner; --direct_running_mode and
-    --direct_num_workers are honoured either way.
-    """
-    if options.view_as(StandardOptions).runner is not None:
-        return beam.Pipeline(options=options)
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    provision = fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    )
-    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
-
-
 def _write_stats(_, path: str, header: dict, read: dict, scored: dict, dead: dict) -> dict:
     stats = dict(header)
     stats.update(
@@ -356,7 +333,7 @@ def score(
     options = PipelineOptions(list(beam_args or []))
     staging = outputs.staging_dir(output)
     try:
-        p = _pipeline(options)
+        p = make_pipeline(options)
         build_pipeline(
             p,
             list(dict.fromkeys(inputs)),

@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
+from pipeline.options import allow_shared_flags
 from transforms.contracts import (
     CONFIG_FILE,
     EVAL,
@@ -87,16 +88,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="multi-label decision threshold on each class's probability",
     )
-
-
-def allow_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """Let a later declaration of the same flag replace an earlier one instead of raising.
-
-    argparse checks conflicts in the group an option lands in (the parser's default groups
-    copied the handler when they were made), so the handler is set on the parser and its groups.
-    """
-    for container in (parser, *parser._action_groups):
-        container.conflict_handler = "resolve"
 
 
 class TrainOptions(PipelineOptions):

@@ -104,7 +104,9 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
         head = f.read(_READ_BLOCK_BYTES)
     if fmt == "csv":
         read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
-        parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True)
+        # Malformed rows are the reader's business (dead letters), not a reason to refuse the file.
+        parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True,
+                                   invalid_row_handler=lambda row: "skip")
         reader = pacsv.open_csv(io.BytesIO(head), read_options=read, parse_options=parse)
         return reader.schema
     # JSONL: parse the complete lines of the first block with Python, to see the types users meant.
@@ -234,10 +236,11 @@ class _ReadDelimitedFile(beam.DoFn):
     def _dead_rows(self, path, bad_rows):
         while bad_rows:
             row = bad_rows.pop(0)
+            where = f"line {row.number}: " if row.number is not None else ""
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
-                "source": path, "row": {"line": row.text}, "reason":
-                f"malformed CSV row near line {row.actual_columns and row.number}: expected "
-                f"{row.expected_columns} fields, found {row.actual_columns}"})
+                "source": path, "row": {"line": row.text}, "reason": "malformed CSV row",
+                "detail": f"{where}expected {row.expected_columns} fields, "
+                          f"found {row.actual_columns}"})
 
     def _read_jsonl_by_line(self, path, columns, skip):
         rows, seen = [], 0
@@ -255,7 +258,7 @@ class _ReadDelimitedFile(beam.DoFn):
                 except ValueError as err:
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
                         "source": path, "row": {"line": raw.decode("utf-8", "replace")},
-                        "reason": f"line {number} is not valid JSON: {err}"})
+                        "reason": "invalid JSON line", "detail": f"line {number}: {err}"})
                     continue
                 rows.append({c: obj.get(c) for c in columns})
                 if len(rows) >= _FALLBACK_BATCH_ROWS:

@@ -113,19 +113,21 @@ def test_split_is_the_same_on_a_rerun_and_near_the_eval_fraction(parquet_run):
 
 
 @pytest.mark.slow
-def test_csv_with_multiline_text_bad_bytes_and_numeric_labels(tmp_path):
+def test_csv_with_multiline_text_bad_bytes_malformed_rows_and_numeric_labels(tmp_path):
     path = tmp_path / "corpus.csv"
     lines = [b"id,text,label"]
     for i in range(60):
         lines.append(f'{i},"line one {WORDS[i % 12]}\nline two, with comma",{i % 2}'.encode())
     lines.append(b'60,"bad \xff\xfe bytes",1')
     lines.append(b'61,"",0')
+    lines.append(b"62,too,many,fields")
     path.write_bytes(b"\n".join(lines) + b"\n")
     code, out = run(tmp_path, "out", ["--input", str(path), "--sequence_length", "8"])
     assert code == 0
     stats = stats_of(out)
-    assert stats["rows_read"] == 62
-    assert stats["dead_letter_reasons"] == {"text is not valid UTF-8": 1, "text is empty": 1}
+    assert stats["rows_read"] == 63
+    assert stats["dead_letter_reasons"] == {"text is not valid UTF-8": 1, "text is empty": 1,
+                                            "malformed CSV row": 1}
     assert sum(stats["rows_written"].values()) == 60
     assert stats["token_length_quantiles"]["p50"] == 7  # the newline inside quotes is text
     assert sorted(json.load(open(f"{out}/{CONFIG_FILE}"))["label_vocabulary"]) == ["0", "1"]
@@ -144,7 +146,7 @@ def test_jsonl_multi_label_lists_become_multi_hot_and_bad_lines_are_dead_lettere
                                       "--multi_label", "--sequence_length", "4"])
     assert code == 0
     stats = stats_of(out)
-    assert stats["rows_read"] == 41 and stats["rows_dead_lettered"] == 1
+    assert stats["rows_read"] == 41 and stats["dead_letter_reasons"] == {"invalid JSON line": 1}
     vocab = read_lines(f"{out}/transform_fn/assets/label_vocab")
     assert vocab == ["a", "c", "b"]  # a:30, then c and b (10 each, ties by bytes descending)
     hot = collections.Counter(tuple(e["labels"]) for s in ("train", "eval")

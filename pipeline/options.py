@@ -1,0 +1,46 @@
+"""What every Beam stage shares about options and runners.
+
+Each stage declares its flags on a `PipelineOptions` subclass. Beam's `get_all_options()` builds
+ONE parser from every such subclass loaded in the process (preprocess, train and score together
+in `textclf run` or a test session), so a stage's flags are never argparse-required (each stage
+checks its own in `parse`) and a flag two stages declare (`--input`, `--model_dir`) must replace
+rather than clash: `allow_shared_flags`. `make_pipeline` picks the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+
+def allow_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """Let a later declaration of the same flag replace an earlier one instead of raising.
+
+    argparse checks conflicts in the group an option lands in (the parser's default groups
+    copied the handler when they were made), so the handler is set on the parser and its groups.
+    """
+    for container in (parser, *parser._action_groups):
+        container.conflict_handler = "resolve"
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the given runner; with none given, Beam's in-process FnApiRunner.
+
+    Beam's DirectRunner first tries to start Prism (a Go binary it downloads at run time), which
+    costs time, fails offline, and on a connected machine would run the job on another engine
+    than the one tested; it then falls back to this same FnApiRunner. --direct_running_mode and
+    --direct_num_workers are honoured either way.
+    """
+    if options.view_as(StandardOptions).runner is not None:
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
