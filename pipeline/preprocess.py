@@ -40,7 +40,6 @@ from transforms.contracts import (
 )
 
 _LOG = logging.getLogger("textclf.preprocess")
-_PARTIAL_STATS = "_pipeline_stats.json"
 
 
 class PreprocessOptions(PipelineOptions):
@@ -82,7 +81,7 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
                             help="lowercase text (Unicode) before tokenizing")
         parser.add_argument("--strip_punctuation", action=argparse.BooleanOptionalAction,
-                            default=False, help="replace punctuation and symbols with spaces")
+                            default=False, help="remove Unicode punctuation and symbols (e-mail -> email)")
         parser.add_argument("--vocabulary_path", default="fast", choices=("fast", "textbook"),
                             help="vocabulary analyzer: pyarrow-counted (fast) or "
                             "tft.compute_and_apply_vocabulary (textbook); same output")
@@ -166,8 +165,9 @@ def _parse_error_stats(record: dict) -> dict:
 
 
 def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
-                   batch_rows: int, temp_dir: str) -> None:
-    """The stage's graph: read twice (analyze, transform: nothing held in memory), write."""
+                   batch_rows: int, temp_dir: str, finalize_args: dict) -> None:
+    """The stage's graph: read twice (analyze, transform: nothing held in memory), write,
+    then `finalize` (stats.json, preprocess_config.json, move into place, _SUCCESS)."""
     import tensorflow_transform.beam as tft_beam
 
     from transforms import corpus_io, tfrecords
@@ -192,68 +192,74 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
         transformed, _ = (((rows.rows, adapter), transform_fn)
                           | "TransformCorpus" >> tft_beam.TransformDataset(
                               output_record_batches=True))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(staging)
+        transform_fn_written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+            staging)
     vocab_size = transform_fn[0] | "VocabularySize" >> beam.Map(_vocabulary_size)
     encoded = transformed | "SplitAndEncode" >> beam.ParDo(
         tfrecords.SplitAndEncode(), beam.pvalue.AsSingleton(vocab_size)).with_outputs(
         TRAIN, EVAL, tfrecords.STATS_TAG)
+    written = [transform_fn_written]
     for split in SPLITS:
-        _ = encoded[split] | f"Write[{split}]" >> tfrecords.WriteBatchedTFRecords(
-            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX)
+        written.append(encoded[split] | f"Write[{split}]" >> tfrecords.WriteBatchedTFRecords(
+            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX))
     dead = ((raw[corpus_io.DEAD_LETTER_TAG], rows[corpus_io.DEAD_LETTER_TAG])
             | "FlattenDeadLetters" >> beam.Flatten())
-    _ = (dead | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
-         | "WriteDeadLetters" >> beam.io.WriteToText(f"{staging}/{DEAD_LETTER_PREFIX}",
-                                                     file_name_suffix=".jsonl"))
+    written.append(dead | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
+                   | "WriteDeadLetters" >> beam.io.WriteToText(
+                       f"{staging}/{DEAD_LETTER_PREFIX}", file_name_suffix=".jsonl"))
     parse_errors = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> beam.Map(
         _parse_error_stats)
-    _ = ((rows[corpus_io.STATS_TAG], encoded[tfrecords.STATS_TAG], parse_errors)
-         | "FlattenStats" >> beam.Flatten()
-         | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats)
-         | "StatsToJson" >> beam.Map(json.dumps)
-         | "WriteStats" >> beam.io.WriteToText(f"{staging}/{_PARTIAL_STATS}",
-                                               shard_name_template="", num_shards=1))
+    counts = ((rows[corpus_io.STATS_TAG], encoded[tfrecords.STATS_TAG], parse_errors)
+              | "FlattenStats" >> beam.Flatten()
+              | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats))
+    # The last step runs once every write has finished (its side inputs are their results), so
+    # the output is finalized by the job itself: a Dataflow/Flex Template launch that returns
+    # before the job ends still gets a complete directory with _SUCCESS last.
+    writes = {f"written_{i}": beam.pvalue.AsList(w) for i, w in enumerate(written)}
+    _ = (p | "Once" >> beam.Create([None])
+         | "Finalize" >> beam.Map(finalize, beam.pvalue.AsSingleton(counts), **finalize_args,
+                                  **writes))
 
 
-def _final_stats(staging: str, settings, elapsed: float) -> tuple[dict, dict]:
-    from apache_beam.io.filesystems import FileSystems
-
+def finalize(_, counts: dict, staging: str, output_dir: str, settings, config: dict,
+             started: float, tft_temp: str | None, **written) -> None:
+    """The job's last step: turn the merged counts into stats.json, write the config, and move
+    the staging directory into place with _SUCCESS last."""
     from transforms.tfrecords import length_quantiles
 
-    partial_path = f"{staging}/{_PARTIAL_STATS}"
-    raw = json.loads(outputs.read_text(partial_path) or "{}")
-    FileSystems.delete([partial_path])
     transform_dir = f"{staging}/{TRANSFORM_FN_DIR}"
     vocab_size = _vocabulary_size(transform_dir)
     label_vocabulary = [line for line in outputs.read_text(
         f"{transform_dir}/assets/{LABEL_VOCAB_NAME}").split("\n") if line]
-    written = {s: raw.get("rows_written", {}).get(s, 0) for s in SPLITS}
-    dead = raw.get("dead_lettered", {})
-    rows_read = raw.get("rows_read", 0)
-    histogram = {int(k): v for k, v in raw.get("length_histogram", {}).items()}
-    truncated = sum(v for k, v in histogram.items() if k > settings.sequence_length)
-    window = raw.get("tokens_in_window", 0)
+    written_rows = {s: counts.get("rows_written", {}).get(s, 0) for s in SPLITS}
+    dead = counts.get("dead_lettered", {})
+    rows_read = counts.get("rows_read", 0)
+    histogram = {int(k): v for k, v in counts.get("length_histogram", {}).items()}
+    window = counts.get("tokens_in_window", 0)
+    elapsed = time.time() - started
     stats = {
         "rows_read": rows_read,
-        "rows_written": written,
+        "rows_written": written_rows,
         "rows_dead_lettered": sum(dead.values()),
         "dead_letter_reasons": dead,
-        "rows_accounted": rows_read == sum(written.values()) + sum(dead.values()),
-        "label_counts": raw.get("labels", {}),
+        "rows_accounted": rows_read == sum(written_rows.values()) + sum(dead.values()),
+        "label_counts": counts.get("labels", {}),
         "token_length_quantiles": length_quantiles(histogram),
-        "rows_truncated": truncated,
+        "rows_truncated": sum(v for k, v in histogram.items() if k > settings.sequence_length),
         "vocab_size": vocab_size,
-        "oov_rate": (raw.get("oov_in_window", 0) / window) if window else 0.0,
+        "oov_rate": (counts.get("oov_in_window", 0) / window) if window else 0.0,
         "num_classes": len(label_vocabulary),
         "seconds": round(elapsed, 2),
         "docs_per_second": round(rows_read / elapsed, 1) if elapsed else None,
     }
-    config = dict(dataclasses.asdict(settings),
-                  vocab_size=vocab_size,
+    config = dict(dataclasses.asdict(settings), **config, vocab_size=vocab_size,
                   id_vocabulary_size=1 + vocab_size + settings.num_oov_buckets,
-                  num_classes=len(label_vocabulary),
-                  label_vocabulary=label_vocabulary)
-    return stats, config
+                  num_classes=len(label_vocabulary), label_vocabulary=label_vocabulary)
+    outputs.write_json(f"{staging}/{STATS_FILE}", stats)
+    outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
+    if tft_temp:
+        outputs.discard(tft_temp)
+    outputs.finalize(staging, output_dir)
 
 
 def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
@@ -271,22 +277,26 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     temp_location = beam_options.view_as(
         beam.options.pipeline_options.GoogleCloudOptions).temp_location
     temp_dir = f"{temp_location.rstrip('/')}/tft" if temp_location else f"{staging}/_tft_tmp"
-    start = time.time()
+    config = dict(input=list(opts.input), files=sorted(files), text_column=spec.text_column,
+                  label_column=spec.label_column, id_column=spec.id_column,
+                  label_delimiter=spec.label_delimiter, eval_fraction=spec.eval_fraction)
+    finalize_args = dict(staging=staging, output_dir=opts.output_dir, settings=settings,
+                         config=config, started=time.time(),
+                         tft_temp=None if temp_location else temp_dir)
     try:
-        with make_pipeline(beam_options) as p:
-            build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir)
-        stats, config = _final_stats(staging, settings, time.time() - start)
-        config.update(input=list(opts.input), files=sorted(files), text_column=spec.text_column,
-                      label_column=spec.label_column, id_column=spec.id_column,
-                      label_delimiter=spec.label_delimiter, eval_fraction=spec.eval_fraction)
-        outputs.write_json(f"{staging}/{STATS_FILE}", stats)
-        outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
-        if not temp_location:
-            outputs.discard(temp_dir)
-        outputs.finalize(staging, opts.output_dir)
+        p = make_pipeline(beam_options)
+        build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir,
+                       finalize_args)
+        p.run().wait_until_finish()
     except BaseException:
         outputs.discard(staging)
         raise
+    if not outputs.is_complete(opts.output_dir):
+        # A template launch (or any runner that returns before the job ends): the job itself
+        # finalizes the output; there is nothing to read back here yet.
+        _LOG.info("preprocess: job submitted; %s appears when it finishes", opts.output_dir)
+        return {"submitted": True, "output_dir": opts.output_dir}
+    stats = outputs.read_json(f"{opts.output_dir}/{STATS_FILE}")
     _LOG.info("preprocess: %d rows read, %s written, %d dead-lettered in %.1fs",
               stats["rows_read"], stats["rows_written"], stats["rows_dead_lettered"],
               stats["seconds"])
@@ -318,4 +328,4 @@ def main(argv: list[str]) -> int:
         print(f"textclf preprocess: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(stats, indent=2))
-    return 0 if stats["rows_accounted"] else 1
+    return 0 if stats.get("rows_accounted", True) else 1

@@ -61,11 +61,12 @@ class TextSettings:
 
 
 def normalize_text(text: tf.Tensor, settings: TextSettings) -> tf.Tensor:
-    """Lowercase (Unicode) and optionally blank out punctuation and symbols."""
+    """Lowercase (Unicode) and optionally remove punctuation and symbols (as Keras's
+    TextVectorization does: "e-mail" becomes "email"; whitespace is kept, so words stay apart)."""
     if settings.lowercase:
         text = tf.strings.lower(text, encoding="utf-8")
     if settings.strip_punctuation:
-        text = tf.strings.regex_replace(text, _PUNCTUATION, " ")
+        text = tf.strings.regex_replace(text, _PUNCTUATION, "")
     return text
 
 
