@@ -81,7 +81,7 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
                             help="lowercase text (Unicode) before tokenizing")
         parser.add_argument("--strip_punctuation", action=argparse.BooleanOptionalAction,
-                            default=False, help="remove Unicode punctuation and symbols (e-mail -> email)")
+                            default=False, help="turn Unicode punctuation and symbols into spaces (e-mail -> e mail)")
         parser.add_argument("--vocabulary_path", default="fast", choices=("fast", "textbook"),
                             help="vocabulary analyzer: pyarrow-counted (fast) or "
                             "tft.compute_and_apply_vocabulary (textbook); same output")
