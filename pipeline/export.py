@@ -17,15 +17,19 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.contracts import SERVING_INPUT, SERVING_SIGNATURE, TEXT_KEY, TOKEN_IDS_KEY
+from transforms.contracts import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    F1_BARS_PNG,
+    SERVING_INPUT,
+    SERVING_SIGNATURE,
+    TEXT_KEY,
+    TOKEN_IDS_KEY,
+)
 from transforms.model import Head, serving_outputs
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-CURVES_PNG = "training_curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
-F1_BARS_PNG = "per_class_f1.png"
 
 
 def export_saved_model(

@@ -4,9 +4,10 @@ This module owns the scoring stage's flags (`ScoreOptions`), the checks made bef
 (model directory complete, inputs match, text column present and string-typed, pass-through columns
 consistent), the wiring of read -> `ScoreRecordBatches` -> write, and finalizing the output
 directory (`part-*.parquet`, `dead_letter-*.parquet`, `stats.json`, then `_SUCCESS`; nothing is
-visible under the output until it is complete). The batched inference itself lives in
-`transforms/scoring.py`. `score(...)` is the library entry used by `textclf run`; `main(argv)` is
-the CLI.
+visible under the output until it is complete). Finalizing is the job's own last step, so a launch
+that returns before the job ends (a Flex Template) still gets a finished directory. The batched
+inference itself lives in `transforms/scoring.py`. `score(...)` is the library entry used by
+`textclf run`; `main(argv)` is the CLI.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
     LABELS_TXT,
+    PARQUET_SUFFIX,
+    REASON_COLUMN,
     SAVED_MODEL_DIR,
+    SCORED_PART_PREFIX,
     STATS_FILE,
 )
 from transforms.scoring import (
     DEAD_LETTER_TAG,
     DEFAULT_BATCH_SIZE,
-    DEFAULT_THRESHOLD,
-    REASON_COLUMN,
     ScoreRecordBatches,
     ScoringModel,
     SummarizeTables,
@@ -45,8 +47,9 @@ from transforms.scoring import (
     scored_schema,
 )
 
-SCORED_PREFIX = "part"
-PARQUET_SUFFIX = ".parquet"
+# pipeline/run.py reads the scored part files through these two names (PARQUET_SUFFIX is
+# imported above from transforms/contracts.py).
+SCORED_PREFIX = SCORED_PART_PREFIX
 _LOG = logging.getLogger(__name__)
 
 
@@ -89,9 +92,9 @@ class ScoreOptions(PipelineOptions):
         parser.add_argument(
             "--threshold",
             type=float,
-            default=DEFAULT_THRESHOLD,
-            help="multi-label only: a class is predicted when its probability >= this "
-            "(default %(default)s)",
+            default=None,
+            help="multi-label only: a class is predicted when its probability >= this, in "
+            "(0, 1) (default: the model's own threshold from model_card.json, 0.5 if absent)",
         )
 
 
@@ -199,31 +202,19 @@ def _load_model_info(model_dir: str) -> ScoringModel:
 # The pipeline.
 
 
-def _write_stats(_, path: str, header: dict, read: dict, scored: dict, dead: dict) -> dict:
-    stats = dict(header)
-    stats.update(
-        rows_read=read["rows"],
-        rows_scored=scored["rows"],
-        rows_dead_lettered=dead["rows"],
-        label_counts=dict(sorted(scored["counts"].items())),
-        dead_letter_reasons=dict(sorted(dead["counts"].items())),
-    )
-    outputs.write_json(path, stats)
-    return stats
-
-
 def build_pipeline(
     p: beam.Pipeline,
     patterns: Sequence[str],
     staging: str,
+    output: str,
     model: ScoringModel,
     text_column: str,
     passthrough: pa.Schema,
     batch_size: int,
-    threshold: float,
+    threshold: float | None,
     header: dict,
 ) -> None:
-    """read -> score -> write scored, dead letters and stats.json under `staging`."""
+    """read -> score -> write scored and dead letters under `staging` -> `finalize` to `output`."""
     read_columns = list(dict.fromkeys([*passthrough.names, text_column]))
     tables = [
         p | f"ReadParquet[{i}]" >> beam.io.ReadFromParquetBatched(pattern, columns=read_columns)
@@ -233,34 +224,46 @@ def build_pipeline(
         model, text_column, passthrough, batch_size, threshold
     )
     scored, dead = results["scored"], results[DEAD_LETTER_TAG]
-    _ = scored | "WriteScored" >> beam.io.WriteToParquetBatched(
-        FileSystems.join(staging, SCORED_PREFIX),
-        scored_schema(passthrough, model),
-        codec="snappy",
-        file_name_suffix=PARQUET_SUFFIX,
-    )
-    _ = dead | "WriteDeadLetter" >> beam.io.WriteToParquetBatched(
-        FileSystems.join(staging, DEAD_LETTER_PREFIX),
-        dead_letter_schema(passthrough),
-        codec="snappy",
-        file_name_suffix=PARQUET_SUFFIX,
-    )
+    written = [
+        scored
+        | "WriteScored"
+        >> beam.io.WriteToParquetBatched(
+            FileSystems.join(staging, SCORED_PART_PREFIX),
+            scored_schema(passthrough, model),
+            codec="snappy",
+            file_name_suffix=PARQUET_SUFFIX,
+        ),
+        dead
+        | "WriteDeadLetter"
+        >> beam.io.WriteToParquetBatched(
+            FileSystems.join(staging, DEAD_LETTER_PREFIX),
+            dead_letter_schema(passthrough),
+            codec="snappy",
+            file_name_suffix=PARQUET_SUFFIX,
+        ),
+    ]
     read = tables | "CountRead" >> beam.CombineGlobally(SummarizeTables())
     scored_summary = scored | "CountScored" >> beam.CombineGlobally(
         SummarizeTables(model.prediction_column())
     )
     dead_summary = dead | "CountDeadLetter" >> beam.CombineGlobally(SummarizeTables(REASON_COLUMN))
+    # The last step runs once every write has finished (its side inputs are their results, the
+    # finalized file names), so the job itself finalizes the output: a Dataflow/Flex Template
+    # launch that returns before the job ends still gets stats.json and _SUCCESS last.
+    writes = {f"written_{i}": beam.pvalue.AsList(w) for i, w in enumerate(written)}
     _ = (
         p
-        | "StatsTrigger" >> beam.Create([None])
-        | "WriteStats"
+        | "Once" >> beam.Create([None])
+        | "Finalize"
         >> beam.Map(
-            _write_stats,
-            FileSystems.join(staging, STATS_FILE),
-            header,
-            read=beam.pvalue.AsSingleton(read),
-            scored=beam.pvalue.AsSingleton(scored_summary),
-            dead=beam.pvalue.AsSingleton(dead_summary),
+            finalize,
+            beam.pvalue.AsSingleton(read),
+            beam.pvalue.AsSingleton(scored_summary),
+            beam.pvalue.AsSingleton(dead_summary),
+            staging=staging,
+            output=output,
+            header=header,
+            **writes,
         )
     )
 
@@ -276,16 +279,41 @@ def _rows_in_files(pattern: str) -> int:
 
 
 def _check_counts(staging: str, stats: dict) -> None:
-    """rows read == scored + dead-lettered, and the Parquet files hold exactly those rows."""
-    written = {
-        "rows_scored": _rows_in_files(FileSystems.join(staging, f"{SCORED_PREFIX}-*")),
-        "rows_dead_lettered": _rows_in_files(FileSystems.join(staging, f"{DEAD_LETTER_PREFIX}-*")),
-    }
+    """rows read == scored + dead-lettered, and the Parquet footers hold exactly those rows."""
     if stats["rows_read"] != stats["rows_scored"] + stats["rows_dead_lettered"]:
-        raise RuntimeError(f"row accounting failed: {stats}")
-    for key, n in written.items():
+        raise RuntimeError(
+            f"row accounting failed: read {stats['rows_read']}, scored {stats['rows_scored']}, "
+            f"dead-lettered {stats['rows_dead_lettered']}; output left in {staging}"
+        )
+    for key, prefix in (
+        ("rows_scored", SCORED_PART_PREFIX),
+        ("rows_dead_lettered", DEAD_LETTER_PREFIX),
+    ):
+        n = _rows_in_files(FileSystems.join(staging, f"{prefix}-*{PARQUET_SUFFIX}"))
         if stats[key] != n:
-            raise RuntimeError(f"{key} is {stats[key]} but the output files hold {n} rows")
+            raise RuntimeError(
+                f"{key} is {stats[key]} but the {prefix}-* files hold {n} rows; "
+                f"output left in {staging}"
+            )
+
+
+def finalize(
+    _, read: dict, scored: dict, dead: dict, staging: str, output: str, header: dict, **written
+) -> None:
+    """The job's last step: check the counts against the written Parquet footers, write
+    stats.json and move the staging directory onto `output` with _SUCCESS last. Raises (and
+    writes no _SUCCESS) when the counts disagree."""
+    stats = dict(header)
+    stats.update(
+        rows_read=read["rows"],
+        rows_scored=scored["rows"],
+        rows_dead_lettered=dead["rows"],
+        label_counts=dict(sorted(scored["counts"].items())),
+        dead_letter_reasons=dict(sorted(dead["counts"].items())),
+    )
+    _check_counts(staging, stats)
+    outputs.write_json(FileSystems.join(staging, STATS_FILE), stats)
+    outputs.finalize(staging, output)
 
 
 def score(
@@ -296,12 +324,15 @@ def score(
     id_column: str | None = None,
     columns: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     beam_args: Sequence[str] | None = None,
 ) -> dict:
     """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
 
-    Raises ScoreInputError (before any Beam work) for a bad model directory, inputs or columns.
+    `threshold` None means the model's own multi-label threshold (model_card.json). When the
+    runner returns before the job ends (a template launch), returns {"submitted": True, ...}:
+    the job finalizes the output itself. Raises ScoreInputError (before any Beam work) for a bad
+    model directory, inputs or columns.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -309,8 +340,8 @@ def score(
         raise ScoreInputError("--model_dir, --input, --output and --text_column are required")
     if batch_size < 1:
         raise ScoreInputError(f"--batch_size must be at least 1, got {batch_size}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ScoreInputError(f"--threshold must be within [0, 1], got {threshold}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ScoreInputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
     model_dir = model_dir.rstrip("/")
     model = _load_model_info(model_dir)
     files = _match_inputs(inputs)
@@ -322,7 +353,7 @@ def score(
         "model_dir": model_dir,
         "model_version": model.model_version,
         "multi_label": model.multi_label,
-        "threshold": threshold if model.multi_label else None,
+        "threshold": model.decision_threshold(threshold),
         "inputs": list(inputs),
         "input_files": len(files),
         "text_column": text_column,
@@ -338,6 +369,7 @@ def score(
             p,
             list(dict.fromkeys(inputs)),
             staging,
+            output,
             model,
             text_column,
             passthrough,
@@ -346,12 +378,15 @@ def score(
             header,
         )
         p.run().wait_until_finish()
-        stats = outputs.read_json(FileSystems.join(staging, STATS_FILE))
-        _check_counts(staging, stats)
-        outputs.finalize(staging, output)
     except BaseException:
         outputs.discard(staging)
         raise
+    if not outputs.is_complete(output):
+        # A template launch (or any runner that returns before the job ends): the job itself
+        # finalizes the output; there is nothing to read back here yet.
+        _LOG.info("score: job submitted; %s appears when it finishes", output)
+        return {"submitted": True, "output": output}
+    stats = outputs.read_json(FileSystems.join(output, STATS_FILE))
     _LOG.info(
         "scored %d rows (%d dead-lettered) into %s",
         stats["rows_scored"],
@@ -379,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScoreInputError as err:
         print(f"textclf score: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if stats.get("submitted"):
+        print(f"job submitted; {args.output} gets _SUCCESS when it finishes")
+        return 0
     print(
         f"scored {stats['rows_scored']} rows, dead-lettered {stats['rows_dead_lettered']} "
         f"(of {stats['rows_read']} read) into {args.output}"

@@ -382,6 +382,10 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
             "data_stats": (
                 outputs.read_json(stats_path) if FileSystems.exists(stats_path) else None
             ),
+            # What the scorer reads (transforms/scoring.py): the head, and the multi-label
+            # threshold the serving signature applies, without loading the SavedModel.
+            "multi_label": head.multi_label,
+            "threshold": head.threshold if head.multi_label else None,
             "model": dataclasses.asdict(settings),
             "head": dataclasses.asdict(head),
             "training": {

@@ -62,6 +62,7 @@ def build_test_model(
     epochs: int = 1,
     model_version: str | None = "test-model-v1",
     write_model_card: bool = True,
+    threshold: float = 0.5,
     seed: int = 0,
 ) -> list[str]:
     """Fit a small real model on (texts, labels) and export a complete model directory.
@@ -110,7 +111,7 @@ def build_test_model(
         if multi_label:
             probabilities = tf.sigmoid(logits)
             chosen = tf.where(
-                probabilities >= 0.5, tf.broadcast_to(names, tf.shape(probabilities)), ""
+                probabilities >= threshold, tf.broadcast_to(names, tf.shape(probabilities)), ""
             )
             return {OUT_PROBABILITIES: probabilities, OUT_LABELS: chosen}
         probabilities = tf.nn.softmax(logits)
@@ -133,7 +134,11 @@ def build_test_model(
     with open(os.path.join(model_dir, LABELS_TXT), "w") as f:
         f.write("".join(f"{name}\n" for name in class_names))
     if write_model_card:
-        card = {"multi_label": multi_label, "architecture": architecture}
+        card = {
+            "multi_label": multi_label,
+            "threshold": threshold if multi_label else None,
+            "architecture": architecture,
+        }
         if model_version is not None:
             card["model_version"] = model_version
         with open(os.path.join(model_dir, MODEL_CARD_FILE), "w") as f:

@@ -49,7 +49,7 @@ BAD_VALUES = {
     "batch_rows": ["0"],
     "batch_size": ["0", "-5", "64.0"],
     "eval_fraction": ["1", "1.0", "-0.1", "0.5.1"],
-    "threshold": ["1.5", "-0.1", "2"],
+    "threshold": ["1.5", "-0.1", "2", "0", "1", "0.0", "1.0"],
     "csv_delimiter": [",,", "ab"],
     "vocabulary_path": ["slow"],
 }

@@ -33,6 +33,8 @@ TRANSFORM_FN_DIR = "transform_fn"
 TRANSFORMED_METADATA_DIR = "transformed_metadata"
 DEAD_LETTER_PREFIX = "dead_letter"
 TFRECORD_SUFFIX = ".tfrecord.gz"
+SCORED_PART_PREFIX = "part"  # score: <output>/part-SSSSS-of-NNNNN.parquet
+PARQUET_SUFFIX = ".parquet"
 
 SAVED_MODEL_DIR = "saved_model"
 LABELS_TXT = "labels.txt"
@@ -40,6 +42,10 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 MODEL_CARD_FILE = "model_card.json"
 LOGS_DIR = "logs"
+# The model directory's PNG reports (the run report inlines them).
+CURVES_PNG = "training_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"  # single-label
+F1_BARS_PNG = "per_class_f1.png"  # multi-label
 
 # Serving signature of the exported model.
 SERVING_SIGNATURE = "serving_default"
@@ -54,6 +60,13 @@ PREDICTED_LABELS_COLUMN = "predicted_labels"
 SCORE_COLUMN = "score"
 PROBABILITIES_COLUMN = "probabilities"
 MODEL_VERSION_COLUMN = "model_version"
+
+# Dead letters: the column that says why a row was not used, and the reasons both Beam stages
+# give for unusable text (preprocess adds its own reading and label reasons).
+REASON_COLUMN = "reason"
+REASON_TEXT_NULL = "text is null"
+REASON_TEXT_EMPTY = "text is empty"  # empty or only Unicode whitespace
+REASON_TEXT_NOT_STRING = "text is not a string"
 
 # Runs.
 MANIFEST_FILE = "manifest.json"

@@ -34,23 +34,20 @@ from transforms.contracts import (
     PREDICTED_LABEL_COLUMN,
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
+    REASON_COLUMN,
+    REASON_TEXT_EMPTY,
+    REASON_TEXT_NOT_STRING,
+    REASON_TEXT_NULL,
     SAVED_MODEL_DIR,
     SCORE_COLUMN,
     SERVING_INPUT,
     SERVING_SIGNATURE,
 )
 
-# The dead-letter table: the row's pass-through columns plus why it was not scored.
-REASON_COLUMN = "reason"
-REASON_NULL = "text_is_null"
-REASON_EMPTY = "text_is_empty"
-REASON_WHITESPACE = "text_is_whitespace_only"
-REASON_NOT_STRING = "text_is_not_a_string"
-
 DEAD_LETTER_TAG = "dead_letter"
 METRICS_NAMESPACE = "textclf.score"
 DEFAULT_BATCH_SIZE = 1024
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.5  # a multi-label model whose card names no threshold
 
 
 def is_text_type(arrow_type: pa.DataType) -> bool:
@@ -66,19 +63,26 @@ def is_text_type(arrow_type: pa.DataType) -> bool:
 
 @dataclass(frozen=True)
 class ScoringModel:
-    """What the scorer needs to know about a model directory, read once at pipeline build time."""
+    """What the scorer needs to know about a model directory, read once at pipeline build time.
+
+    `threshold` is the model's own multi-label decision threshold (the one its serving signature
+    applies); None for a single-label model.
+    """
 
     model_dir: str
     label_names: tuple[str, ...]
     multi_label: bool
     model_version: str
+    threshold: float | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str) -> ScoringModel:
         """Read labels.txt and model_card.json (any Beam filesystem); no TensorFlow needed.
 
-        Without model_card.json the head is read off the signature (a `labels` output means
-        multi-label) and the version is the model directory's name.
+        `multi_label` and `threshold` come from the card's top level, or its `head` (cards
+        written before those keys existed). Only a model without either loads the SavedModel to
+        read the head off the signature (a `labels` output means multi-label); its threshold is
+        then DEFAULT_THRESHOLD and its version the model directory's name.
         """
         model_dir = model_dir.rstrip("/")
         with FileSystems.open(FileSystems.join(model_dir, LABELS_TXT)) as f:
@@ -88,11 +92,25 @@ class ScoringModel:
         if FileSystems.exists(card_path):
             with FileSystems.open(card_path) as f:
                 card = json.loads(f.read().decode("utf-8"))
-        multi_label = card.get("multi_label")
+        head = card.get("head") or {}
+        multi_label = card.get("multi_label", head.get("multi_label"))
         if multi_label is None:
             multi_label = OUT_LABELS in _load_signature(model_dir).structured_outputs
+        threshold = None
+        if multi_label:
+            threshold = card.get("threshold", head.get("threshold"))
+            threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         version = card.get("model_version") or os.path.basename(model_dir)
-        return cls(model_dir, label_names, bool(multi_label), str(version))
+        return cls(model_dir, label_names, bool(multi_label), str(version), threshold)
+
+    def decision_threshold(self, override: float | None = None) -> float | None:
+        """The multi-label threshold to score with: `override`, else the model's own; None for
+        a single-label model."""
+        if not self.multi_label:
+            return None
+        if override is not None:
+            return override
+        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
 
     def prediction_fields(self) -> list[pa.Field]:
         label_field = (
@@ -169,31 +187,31 @@ def _as_plain_strings(text) -> pa.Array:
 
 
 def unusable_text_reasons(text: pa.Array) -> pa.Array:
-    """Per row: null where the text can be scored, else the dead-letter reason (vectorised)."""
-    # binary_length reads the offsets only; utf8_is_space stops at the first non-space character.
-    empty = pc.equal(pc.binary_length(text), 0)
-    reason = pc.if_else(
+    """Per row: null where the text can be scored, else the dead-letter reason (vectorised).
+
+    Empty and whitespace-only (Unicode) texts are both REASON_TEXT_EMPTY, as in preprocess.
+    """
+    # binary_length reads the offsets only; utf8_is_space stops at the first non-space character
+    # (and is false for ""), so no trimmed copy of the column is made.
+    empty = pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text))
+    return pc.if_else(
         pc.is_null(text),
-        pa.scalar(REASON_NULL),
-        pc.if_else(
-            empty,
-            pa.scalar(REASON_EMPTY),
-            pc.if_else(
-                pc.utf8_is_space(text), pa.scalar(REASON_WHITESPACE), pa.scalar(None, pa.string())
-            ),
-        ),
+        pa.scalar(REASON_TEXT_NULL),
+        pc.if_else(empty, pa.scalar(REASON_TEXT_EMPTY), pa.scalar(None, pa.string())),
     )
-    return reason
 
 
 def prediction_arrays(
-    probabilities: np.ndarray, model: ScoringModel, threshold: float
+    probabilities: np.ndarray, model: ScoringModel, threshold: float | None = None
 ) -> list[pa.Array]:
-    """The prediction columns, in `ScoringModel.prediction_fields()` order, from probabilities."""
+    """The prediction columns, in `ScoringModel.prediction_fields()` order, from probabilities.
+
+    Multi-label: a class is predicted when its probability >= `threshold` (None: the model's own).
+    """
     rows, num_classes = probabilities.shape
     names = pa.array(model.label_names, pa.string())
     if model.multi_label:
-        chosen = probabilities >= threshold
+        chosen = probabilities >= model.decision_threshold(threshold)
         _, classes = np.nonzero(chosen)  # row-major, so classes come grouped by row, in index order
         offsets = np.zeros(rows + 1, dtype=np.int32)
         np.cumsum(chosen.sum(axis=1), out=offsets[1:])
@@ -225,7 +243,7 @@ class ScoreTablesFn(beam.DoFn):
         text_column: str,
         passthrough: pa.Schema,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
     ):
         self._model = model
         self._text_column = text_column
@@ -255,7 +273,7 @@ class ScoreTablesFn(beam.DoFn):
             passthrough = passthrough.cast(self._passthrough)
         text = table.column(self._text_column)
         if not is_text_type(text.type):
-            reasons = pa.repeat(pa.scalar(REASON_NOT_STRING), table.num_rows)
+            reasons = pa.repeat(pa.scalar(REASON_TEXT_NOT_STRING), table.num_rows)
             yield from self._dead_letter(passthrough, reasons)
             return
         text = _as_plain_strings(text)
@@ -292,6 +310,7 @@ class ScoreRecordBatches(beam.PTransform):
 
     Input tables hold `text_column` and every column of `passthrough`; scored tables have the
     schema `scored_schema(passthrough, model)`, dead-letter tables `dead_letter_schema(passthrough)`.
+    `threshold` overrides the multi-label model's own decision threshold (None: keep it).
     """
 
     def __init__(
@@ -300,7 +319,7 @@ class ScoreRecordBatches(beam.PTransform):
         text_column: str,
         passthrough: pa.Schema,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
     ):
         super().__init__()
         if batch_size < 1:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -12,23 +14,28 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from pipeline.score import build_parser, main, score
+from pipeline.score import build_parser, finalize, main, score
 from tests.model_fixtures import build_test_model
 from transforms.contracts import (
+    DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
+    MODEL_CARD_FILE,
     MODEL_VERSION_COLUMN,
     OUT_LABEL,
     OUT_PROBABILITIES,
     PREDICTED_LABEL_COLUMN,
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
+    REASON_COLUMN,
+    REASON_TEXT_EMPTY,
+    REASON_TEXT_NULL,
     SAVED_MODEL_DIR,
     SCORE_COLUMN,
+    SCORED_PART_PREFIX,
     SERVING_SIGNATURE,
     STATS_FILE,
     SUCCESS_FILE,
 )
-from transforms.scoring import REASON_COLUMN, REASON_EMPTY, REASON_NULL, REASON_WHITESPACE
 
 TRAIN_TEXTS = ["good great fun", "bad awful boring", "great movie", "boring bad film"] * 8
 TRAIN_LABELS = ["pos", "neg", "pos", "neg"] * 8
@@ -136,14 +143,14 @@ def test_rows_read_equal_rows_scored_plus_dead_lettered_with_reasons(model_dir, 
     stats = score(model_dir, [str(tmp_path / "in.parquet")], out, "text", id_column="id")
 
     assert (stats["rows_read"], stats["rows_scored"], stats["rows_dead_lettered"]) == (6, 2, 4)
-    assert stats["dead_letter_reasons"] == {REASON_NULL: 2, REASON_EMPTY: 1, REASON_WHITESPACE: 1}
+    assert stats["dead_letter_reasons"] == {REASON_TEXT_NULL: 2, REASON_TEXT_EMPTY: 2}
     dead = read_dir(out, "dead_letter").sort_by("id")
     assert dead.column("id").to_pylist() == [2, 3, 4, 6]
     assert dead.column(REASON_COLUMN).to_pylist() == [
-        REASON_NULL,
-        REASON_EMPTY,
-        REASON_WHITESPACE,
-        REASON_NULL,
+        REASON_TEXT_NULL,
+        REASON_TEXT_EMPTY,
+        REASON_TEXT_EMPTY,  # whitespace only counts as empty, as in preprocess
+        REASON_TEXT_NULL,
     ]
     assert read_dir(out, "part").column("id").to_pylist() in ([1, 5], [5, 1])
     assert os.path.exists(os.path.join(out, STATS_FILE))
@@ -165,6 +172,18 @@ def test_an_empty_input_file_gives_valid_empty_outputs(model_dir, tmp_path):
     assert os.path.exists(os.path.join(out, SUCCESS_FILE))
 
 
+def assert_multi_labels_at_threshold(out: str, model_dir: str, texts: list[str], threshold):
+    """The scored rows (one per text) predict every class whose probability >= threshold."""
+    scored = read_dir(out, "part")
+    order = {t: i for i, t in enumerate(texts)}
+    scored = scored.take(np.argsort([order[t] for t in scored.column("text").to_pylist()]))
+    probs = signature_outputs(model_dir, texts)[OUT_PROBABILITIES]
+    names = np.array(["dull", "film", "fun"])
+    assert scored.column(PREDICTED_LABELS_COLUMN).to_pylist() == [
+        list(names[row >= threshold]) for row in probs
+    ]
+
+
 def test_multi_label_scores_hold_every_class_at_or_above_the_threshold(multi_model_dir, tmp_path):
     texts = ["good great fun", "boring bad film", "great movie", "film fun", "plot"]
     pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
@@ -176,15 +195,66 @@ def test_multi_label_scores_hold_every_class_at_or_above_the_threshold(multi_mod
     )  # fmt: skip
 
     assert stats == 0
-    scored = read_dir(out, "part")
-    order = {t: i for i, t in enumerate(texts)}
-    scored = scored.take(np.argsort([order[t] for t in scored.column("text").to_pylist()]))
-    probs = signature_outputs(multi_model_dir, texts)[OUT_PROBABILITIES]
-    names = np.array(["dull", "film", "fun"])
-    assert scored.column(PREDICTED_LABELS_COLUMN).to_pylist() == [
-        list(names[row >= 0.45]) for row in probs
-    ]
-    assert scored.schema.field(PREDICTED_LABELS_COLUMN).type == pa.list_(pa.string())
+    assert_multi_labels_at_threshold(out, multi_model_dir, texts, 0.45)
+    assert read_dir(out, "part").schema.field(PREDICTED_LABELS_COLUMN).type == pa.list_(pa.string())
+
+
+def test_without_threshold_flag_multi_label_uses_the_threshold_in_the_model_card(
+    multi_model_dir, tmp_path
+):
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(multi_model_dir, model_dir)
+    card_path = os.path.join(model_dir, MODEL_CARD_FILE)
+    card = json.load(open(card_path))
+    card["threshold"] = 0.3
+    json.dump(card, open(card_path, "w"))
+    texts = ["good great fun", "boring bad film", "plot"]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
+    out = str(tmp_path / "scores")
+
+    stats = score(model_dir, [str(tmp_path / "in.parquet")], out, "text")
+
+    assert stats["threshold"] == 0.3
+    assert_multi_labels_at_threshold(out, model_dir, texts, 0.3)
+
+
+def test_single_label_stats_have_no_threshold(model_dir, tmp_path):
+    pq.write_table(pa.table({"text": ["good fun"]}), tmp_path / "in.parquet")
+    stats = score(model_dir, [str(tmp_path / "in.parquet")], str(tmp_path / "scores"), "text")
+    assert (stats["multi_label"], stats["threshold"]) == (False, None)
+
+
+def test_finalize_refuses_counts_the_parquet_footers_disagree_with(tmp_path):
+    staging = tmp_path / ".scores.inprogress"
+    staging.mkdir()
+    pq.write_table(
+        pa.table({"id": [1, 2]}), staging / f"{SCORED_PART_PREFIX}-00000-of-00001.parquet"
+    )
+    pq.write_table(pa.table({"id": [3]}), staging / f"{DEAD_LETTER_PREFIX}-00000-of-00001.parquet")
+    out = tmp_path / "scores"
+
+    def summary(rows):
+        return {"rows": rows, "counts": {}}
+
+    with pytest.raises(RuntimeError, match="rows_scored is 3 but .* hold 2 rows"):
+        finalize(None, summary(4), summary(3), summary(1), str(staging), str(out), {})
+    with pytest.raises(RuntimeError, match="row accounting failed"):
+        finalize(None, summary(5), summary(2), summary(1), str(staging), str(out), {})
+    assert not out.exists() and not (staging / SUCCESS_FILE).exists()
+
+    finalize(None, summary(3), summary(2), summary(1), str(staging), str(out), {"batch_size": 8})
+    assert (out / SUCCESS_FILE).exists() and not staging.exists()
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert (stats["rows_read"], stats["rows_scored"], stats["batch_size"]) == (3, 2, 8)
+
+
+@pytest.mark.parametrize("threshold", ["0", "1", "1.5"])
+def test_threshold_outside_zero_one_exits_2(model_dir, small_input, tmp_path, capsys, threshold):
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", model_dir, "--input", small_input, "--output", str(tmp_path / "scores"),
+         "--text_column", "body", "--threshold", threshold], capsys, tmp_path,
+    )  # fmt: skip
+    assert "--threshold must lie strictly between 0 and 1" in err
 
 
 def test_columns_flag_limits_pass_through_columns_and_always_keeps_the_id(model_dir, tmp_path):

@@ -12,10 +12,12 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline import describe, preprocess, train
-from pipeline.export import CONFUSION_PNG, CURVES_PNG, F1_BARS_PNG
 from pipeline.outputs import read_json
 from transforms.contracts import (
+    CONFUSION_PNG,
+    CURVES_PNG,
     EXIT_BAD_INPUT,
+    F1_BARS_PNG,
     HISTORY_FILE,
     LABELS_TXT,
     LOGS_DIR,
@@ -141,6 +143,7 @@ def test_export_holds_every_contract_file_with_success_last(single):
         [None, 3],
     ]
     assert len(card["model_version"]) == len("20261125T143000Z-") + 8
+    assert (card["multi_label"], card["threshold"]) == (False, None)
     assert len(read_json(os.path.join(model_dir, HISTORY_FILE))["loss"]) == 2
 
 
@@ -150,6 +153,8 @@ def test_multi_label_model_returns_every_class_over_threshold(multi):
     assert all("roc_auc" in m for m in metrics["per_class"].values())
     assert os.path.exists(os.path.join(model_dir, F1_BARS_PNG))
     assert os.path.exists(os.path.join(model_dir, SUCCESS_FILE))
+    card = read_json(os.path.join(model_dir, MODEL_CARD_FILE))
+    assert (card["multi_label"], card["threshold"]) == (True, 0.4)
 
     _, texts = _eval_rows(data_dir)
     serve = tf.saved_model.load(os.path.join(model_dir, SAVED_MODEL_DIR)).signatures[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -13,23 +15,25 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.model_fixtures import build_test_model
 from transforms.contracts import (
+    LABELS_TXT,
+    MODEL_CARD_FILE,
     MODEL_VERSION_COLUMN,
     OUT_LABEL,
     OUT_PROBABILITIES,
     PREDICTED_LABEL_COLUMN,
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
+    REASON_COLUMN,
+    REASON_TEXT_EMPTY,
+    REASON_TEXT_NOT_STRING,
+    REASON_TEXT_NULL,
     SAVED_MODEL_DIR,
     SCORE_COLUMN,
     SERVING_SIGNATURE,
 )
 from transforms.scoring import (
     DEAD_LETTER_TAG,
-    REASON_COLUMN,
-    REASON_EMPTY,
-    REASON_NOT_STRING,
-    REASON_NULL,
-    REASON_WHITESPACE,
+    DEFAULT_THRESHOLD,
     ScoreRecordBatches,
     ScoringModel,
     SummarizeTables,
@@ -93,15 +97,38 @@ def test_model_without_model_card_falls_back_to_signature_and_dir_name(tmp_path)
     info = ScoringModel.from_model_dir(model_dir)
     assert info.multi_label is True
     assert info.model_version == "model-2024"
+    assert info.threshold == DEFAULT_THRESHOLD
 
 
-def test_unusable_text_reasons_name_null_empty_and_whitespace_rows():
-    text = pa.array(["ok", None, "", "  \t\n", " a "])
+@pytest.mark.parametrize(
+    "card, multi_label, threshold",
+    [
+        ({"multi_label": True, "threshold": 0.3}, True, 0.3),
+        ({"multi_label": False, "threshold": None}, False, None),
+        ({"head": {"multi_label": True, "threshold": 0.4}}, True, 0.4),  # older train cards
+        ({"multi_label": True}, True, DEFAULT_THRESHOLD),
+    ],
+)
+def test_head_and_threshold_come_from_the_model_card_without_loading_the_model(
+    tmp_path, card, multi_label, threshold
+):
+    # No saved_model/ here: reading the head off the card must not need the SavedModel.
+    (tmp_path / LABELS_TXT).write_text("a\nb\n")
+    (tmp_path / MODEL_CARD_FILE).write_text(json.dumps(card))
+    info = ScoringModel.from_model_dir(str(tmp_path))
+    assert (info.multi_label, info.threshold) == (multi_label, threshold)
+    assert info.decision_threshold() == threshold
+    assert info.decision_threshold(0.7) == (0.7 if multi_label else None)
+
+
+def test_unusable_text_reasons_name_null_rows_and_count_whitespace_only_as_empty():
+    text = pa.array(["ok", None, "", "  \t\n", "\u3000\u00a0", " a "])
     assert unusable_text_reasons(text).to_pylist() == [
         None,
-        REASON_NULL,
-        REASON_EMPTY,
-        REASON_WHITESPACE,
+        REASON_TEXT_NULL,
+        REASON_TEXT_EMPTY,
+        REASON_TEXT_EMPTY,
+        REASON_TEXT_EMPTY,
         None,
     ]
 
@@ -124,6 +151,8 @@ def test_multi_label_prediction_arrays_keep_every_class_at_or_above_threshold(mu
     assert labels.type == pa.list_(pa.string())
     assert labels.to_pylist() == [["dull", "film", "fun"], ["fun"], ["dull", "film", "fun"]]
     assert prediction_arrays(probs, multi_label_model, 0.95)[0].to_pylist() == [[], [], []]
+    # No threshold given: the model's own (0.5 in the fixture's card).
+    assert prediction_arrays(probs, multi_label_model)[0].to_pylist() == [["dull", "fun"], [], []]
 
 
 def test_scored_tables_equal_the_signature_called_in_process(single_label_model):
@@ -175,9 +204,9 @@ def test_rows_with_unusable_text_are_dead_lettered_with_their_columns_and_reason
         dead_table = pa.concat_tables(dead)
         assert dead_table.schema.names == ["id", REASON_COLUMN]
         assert dead_table.to_pylist() == [
-            {"id": 2, REASON_COLUMN: REASON_NULL},
-            {"id": 3, REASON_COLUMN: REASON_EMPTY},
-            {"id": 4, REASON_COLUMN: REASON_WHITESPACE},
+            {"id": 2, REASON_COLUMN: REASON_TEXT_NULL},
+            {"id": 3, REASON_COLUMN: REASON_TEXT_EMPTY},
+            {"id": 4, REASON_COLUMN: REASON_TEXT_EMPTY},
         ]
 
     run_score([table], single_label_model, passthrough, check_scored, check_dead)
@@ -188,7 +217,7 @@ def test_a_table_whose_text_is_not_a_string_is_dead_lettered_whole(single_label_
 
     def check_dead(dead):
         reasons = pa.concat_tables(dead).column(REASON_COLUMN).to_pylist()
-        assert reasons == [REASON_NOT_STRING] * 2
+        assert reasons == [REASON_TEXT_NOT_STRING] * 2
 
     passthrough = pa.schema([("id", pa.int64())])
     run_score([table], single_label_model, passthrough, no_tables, check_dead)
