@@ -165,7 +165,7 @@ def run_inference_per_row(model_dir: str, corpus: str, out: str, batch_size: int
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.score import _pipeline
+    from pipeline.options import make_pipeline
 
     schema = pq.read_schema(corpus)
     schema = pa.schema(
@@ -179,7 +179,7 @@ def run_inference_per_row(model_dir: str, corpus: str, out: str, batch_size: int
     handler = KeyedModelHandler(SignatureModelHandler.create(model_dir, batch_size))
     rows = pq.read_metadata(corpus).num_rows
     start = time.perf_counter()
-    p = _pipeline(PipelineOptions([]))
+    p = make_pipeline(PipelineOptions([]))
     _ = (
         p
         | "Read" >> beam.io.ReadFromParquet(corpus)

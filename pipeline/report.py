@@ -17,13 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import outputs
 from pipeline.run import STAGES
-from transforms.contracts import METRICS_FILE, REPORT_FILE
+from transforms.contracts import CONFUSION_PNG, CURVES_PNG, F1_BARS_PNG, METRICS_FILE, REPORT_FILE
 
-# File names of the model's PNGs; kept equal to pipeline/export.py's (checked by the tests)
-# without importing TensorFlow here.
-CURVES_PNG = "training_curves.png"
-CONFUSION_PNG = "confusion_matrix.png"
-F1_BARS_PNG = "per_class_f1.png"
 IMAGES = (
     (CURVES_PNG, "Training curves (train and eval, per epoch)"),
     (CONFUSION_PNG, "Eval confusion matrix (rows: true class, columns: predicted)"),

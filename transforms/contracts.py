@@ -67,6 +67,9 @@ REASON_COLUMN = "reason"
 REASON_TEXT_NULL = "text is null"
 REASON_TEXT_EMPTY = "text is empty"  # empty or only Unicode whitespace
 REASON_TEXT_NOT_STRING = "text is not a string"
+REASON_TEXT_NOT_UTF8 = "text is not valid UTF-8"
+REASON_LABEL_MISSING = "label is missing"
+REASON_LABEL_NOT_UTF8 = "label is not valid UTF-8"
 
 # Runs.
 MANIFEST_FILE = "manifest.json"

@@ -28,7 +28,18 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.contracts import EVAL, RAW_LABEL_KEY, SPLIT_KEY, TEXT_KEY, TRAIN
+from transforms.contracts import (
+    EVAL,
+    RAW_LABEL_KEY,
+    REASON_LABEL_MISSING,
+    REASON_LABEL_NOT_UTF8,
+    REASON_TEXT_EMPTY,
+    REASON_TEXT_NOT_UTF8,
+    REASON_TEXT_NULL,
+    SPLIT_KEY,
+    TEXT_KEY,
+    TRAIN,
+)
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -420,11 +431,11 @@ class ValidateAndSplit(beam.DoFn):
             return
         text, bad_bytes = _as_string(batch.column(spec.text_column))
         reasons = np.full(n, None, dtype=object)
-        reasons[bad_bytes] = "text is not valid UTF-8"
+        reasons[bad_bytes] = REASON_TEXT_NOT_UTF8
         text_null = pc.is_null(text).to_numpy(zero_copy_only=False) & ~bad_bytes
-        reasons[text_null] = "text is null"
+        reasons[text_null] = REASON_TEXT_NULL
         empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-        reasons[empty.to_numpy(zero_copy_only=False)] = "text is empty"
+        reasons[empty.to_numpy(zero_copy_only=False)] = REASON_TEXT_EMPTY
         raw_label = batch.column(spec.label_column)
         if spec.multi_label:
             labels = _to_label_lists(raw_label, spec.label_delimiter)
@@ -434,8 +445,8 @@ class ValidateAndSplit(beam.DoFn):
             missing = pc.fill_null(pc.equal(pc.utf8_length(label_str), 0), True)
             missing = missing.to_numpy(zero_copy_only=False)
             no_reason = np.equal(reasons, None)
-            reasons[missing & no_reason] = "label is missing"
-            reasons[bad_label & no_reason] = "label is not valid UTF-8"
+            reasons[missing & no_reason] = REASON_LABEL_MISSING
+            reasons[bad_label & no_reason] = REASON_LABEL_NOT_UTF8
             labels = _singletons(pc.fill_null(label_str, ""))
         bad = ~np.equal(reasons, None)
         stats = {"rows_read": n, "dead_lettered": {}}
