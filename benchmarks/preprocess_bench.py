@@ -86,8 +86,14 @@ def keras_in_memory(path: str) -> dict:
 
 
 def textclf_stage(path: str, out: str, extra: list[str]) -> dict:
-    """(b): the library call in this (fresh) process; returns docs, seconds and peak RSS."""
+    """(b): the library call in this (fresh) process; returns docs, seconds and peak RSS.
+
+    Module imports (TensorFlow, tf.Transform, Beam) happen before the clock starts, as for (a).
+    """
+    import tensorflow_transform.beam  # noqa: F401
+
     from pipeline import preprocess
+    from transforms import corpus_io, text_preprocessing, tfrecords  # noqa: F401
 
     opts, options = preprocess.parse(["--input", path, "--output_dir", out,
                                       "--sequence_length", str(SEQUENCE_LENGTH),

@@ -18,6 +18,8 @@ import sys
 import time
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
@@ -142,9 +144,9 @@ def _tensor_adapter_config(multi_label: bool):
 
 
 def _rebatch(batch, rows: int):
-    """Tables (Parquet row groups) and large blocks -> record batches of at most `rows` rows."""
-    yield from batch.to_batches(max_chunksize=rows) if hasattr(batch, "to_batches") \
-        else (batch.slice(start, rows) for start in range(0, batch.num_rows, rows))
+    """Large blocks (CSV/JSONL) -> record batches of at most `rows` rows."""
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
 
 
 def _vocabulary_size(transform_fn_dir: str) -> int:
@@ -177,10 +179,13 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
     preprocessing_fn = make_preprocessing_fn(settings)
 
     def read(label: str):
-        raw = p | f"ReadCorpus[{label}]" >> corpus_io.ReadCorpus(spec, files)
+        raw = p | f"ReadCorpus[{label}]" >> corpus_io.ReadCorpus(spec, files, batch_rows)
         rows = (raw["batches"]
                 | f"Rebatch[{label}]" >> beam.FlatMap(_rebatch, batch_rows)
-                | f"ValidateAndSplit[{label}]" >> beam.ParDo(corpus_io.ValidateAndSplit(spec))
+                .with_output_types(pa.RecordBatch)
+                | f"ValidateAndSplit[{label}]" >> beam.ParDo(
+                    corpus_io.ValidateAndSplit(spec, for_analysis=label == "analyze"))
+                .with_output_types(pa.RecordBatch)
                 .with_outputs(corpus_io.DEAD_LETTER_TAG, corpus_io.STATS_TAG, main="rows"))
         return raw, rows
 
@@ -194,10 +199,8 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
                               output_record_batches=True))
         transform_fn_written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
             staging)
-    vocab_size = transform_fn[0] | "VocabularySize" >> beam.Map(_vocabulary_size)
     encoded = transformed | "SplitAndEncode" >> beam.ParDo(
-        tfrecords.SplitAndEncode(), beam.pvalue.AsSingleton(vocab_size)).with_outputs(
-        TRAIN, EVAL, tfrecords.STATS_TAG)
+        tfrecords.SplitAndEncode()).with_outputs(TRAIN, EVAL, tfrecords.STATS_TAG)
     written = [transform_fn_written]
     for split in SPLITS:
         written.append(encoded[split] | f"Write[{split}]" >> tfrecords.WriteBatchedTFRecords(
@@ -235,7 +238,9 @@ def finalize(_, counts: dict, staging: str, output_dir: str, settings, config: d
     dead = counts.get("dead_lettered", {})
     rows_read = counts.get("rows_read", 0)
     histogram = {int(k): v for k, v in counts.get("length_histogram", {}).items()}
-    window = counts.get("tokens_in_window", 0)
+    ids = counts.get("id_histogram", np.zeros(1, np.int64))
+    window = int(ids[1:].sum())  # every id but padding, in the first sequence_length tokens
+    oov = int(ids[vocab_size + 1:].sum())
     elapsed = time.time() - started
     stats = {
         "rows_read": rows_read,
@@ -247,7 +252,7 @@ def finalize(_, counts: dict, staging: str, output_dir: str, settings, config: d
         "token_length_quantiles": length_quantiles(histogram),
         "rows_truncated": sum(v for k, v in histogram.items() if k > settings.sequence_length),
         "vocab_size": vocab_size,
-        "oov_rate": (counts.get("oov_in_window", 0) / window) if window else 0.0,
+        "oov_rate": oov / window if window else 0.0,
         "num_classes": len(label_vocabulary),
         "seconds": round(elapsed, 2),
         "docs_per_second": round(rows_read / elapsed, 1) if elapsed else None,
