@@ -212,8 +212,14 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
                        f"{staging}/{DEAD_LETTER_PREFIX}", file_name_suffix=".jsonl"))
     parse_errors = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> beam.Map(
         _parse_error_stats)
-    counts = ((rows[corpus_io.STATS_TAG], encoded[tfrecords.STATS_TAG], parse_errors)
-              | "FlattenStats" >> beam.Flatten()
+    # Each source is combined where it is produced (a lifted combine); flattening the per-batch
+    # dicts first would make the runner hold all of them until the end.
+    partial_counts = [
+        pcoll | f"MergeStats[{name}]" >> beam.CombineGlobally(tfrecords.merge_stats)
+        for name, pcoll in (("read", rows[corpus_io.STATS_TAG]),
+                            ("write", encoded[tfrecords.STATS_TAG]),
+                            ("parse_errors", parse_errors))]
+    counts = (partial_counts | "FlattenStats" >> beam.Flatten()
               | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats))
     # The last step runs once every write has finished (its side inputs are their results), so
     # the output is finalized by the job itself: a Dataflow/Flex Template launch that returns
