@@ -299,7 +299,7 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
                          config=config, started=time.time(),
                          tft_temp=None if temp_location else temp_dir)
     try:
-        p = make_pipeline(beam_options)
+        p = make_pipeline(beam_options, threads_by_default=True)
         build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir,
                        finalize_args)
         p.run().wait_until_finish()
