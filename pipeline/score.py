@@ -217,9 +217,11 @@ def build_pipeline(
     """read -> score -> write scored and dead letters under `staging` -> `finalize` to `output`."""
     read_columns = list(dict.fromkeys([*passthrough.names, text_column]))
     tables = [
-        p | f"ReadParquet[{i}]" >> beam.io.ReadFromParquetBatched(pattern, columns=read_columns)
+        p
+        | f"ReadParquet[{i}]"
+        >> beam.io.ReadFromParquetBatched(pattern, columns=read_columns).with_output_types(pa.Table)
         for i, pattern in enumerate(patterns)
-    ] | "FlattenInputs" >> beam.Flatten()
+    ] | "FlattenInputs" >> beam.Flatten().with_output_types(pa.Table)
     results = tables | "Score" >> ScoreRecordBatches(
         model, text_column, passthrough, batch_size, threshold
     )

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
 from transforms.contracts import (
     EVAL,
     RAW_LABEL_KEY,
@@ -298,35 +299,6 @@ def _select(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
     arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows)
               for c in columns]
     return pa.RecordBatch.from_arrays(arrays, names=columns)
-
-
-class RecordBatchCoder(beam.coders.Coder):
-    """Arrow IPC for record batches between stages, and a free size estimate.
-
-    Without it Beam falls back to pickling, and its element-size sampling pickled a whole batch
-    each time it looked at one (about 1 GB per 300k documents in the profile).
-    """
-
-    def encode(self, batch: pa.RecordBatch) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        return sink.getvalue().to_pybytes()
-
-    def decode(self, encoded: bytes) -> pa.RecordBatch:
-        return pa.ipc.open_stream(encoded).read_next_batch()
-
-    def estimate_size(self, batch: pa.RecordBatch) -> int:
-        return batch.nbytes
-
-    def is_deterministic(self) -> bool:
-        return False
-
-    def to_type_hint(self):
-        return pa.RecordBatch
-
-
-beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
 
 
 def _parquet_row_groups(path: str):

@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
+from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
 from transforms.contracts import (
     LABELS_TXT,
     MODEL_CARD_FILE,
@@ -327,9 +328,9 @@ class ScoreRecordBatches(beam.PTransform):
         self._fn = ScoreTablesFn(model, text_column, passthrough, batch_size, threshold)
 
     def expand(self, tables):
-        results = tables | "ScoreTables" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTER_TAG, main="scored"
-        )
+        results = tables | "ScoreTables" >> beam.ParDo(self._fn).with_output_types(
+            pa.Table
+        ).with_outputs(DEAD_LETTER_TAG, main="scored")
         return {"scored": results.scored, DEAD_LETTER_TAG: results[DEAD_LETTER_TAG]}
 
 
