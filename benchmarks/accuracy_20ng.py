@@ -47,22 +47,40 @@ def in_memory(train_path: str, test_path: str, epochs: int, seed: int) -> dict:
     names = sorted(set(train.column("label").to_pylist()))
     labels = np.array([names.index(v) for v in train.column("label").to_pylist()])
     vectorize = keras.layers.TextVectorization(
-        max_tokens=MAX_TOKENS + 2, output_sequence_length=SEQUENCE_LENGTH,
-        standardize=lambda x: tf.strings.regex_replace(tf.strings.lower(x), r"[\pP\pS]", " "))
+        max_tokens=MAX_TOKENS + 2,
+        output_sequence_length=SEQUENCE_LENGTH,
+        standardize=lambda x: tf.strings.regex_replace(tf.strings.lower(x), r"[\pP\pS]", " "),
+    )
     vectorize.adapt(texts[~is_eval])
     ids = lambda t: vectorize(tf.constant(t)).numpy()  # noqa: E731
-    model = build_model(SEQUENCE_LENGTH, vectorize.vocabulary_size(), len(names),
-                        ModelSettings(), choose_head(False))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = build_model(
+        SEQUENCE_LENGTH,
+        vectorize.vocabulary_size(),
+        len(names),
+        ModelSettings(),
+        choose_head(False),
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     start = time.perf_counter()
-    model.fit(ids(texts[~is_eval]), labels[~is_eval], epochs=epochs, batch_size=64, verbose=2,
-              validation_data=(ids(texts[is_eval]), labels[is_eval]),
-              callbacks=[keras.callbacks.EarlyStopping(patience=2, restore_best_weights=True)])
+    model.fit(
+        ids(texts[~is_eval]),
+        labels[~is_eval],
+        epochs=epochs,
+        batch_size=64,
+        verbose=2,
+        validation_data=(ids(texts[is_eval]), labels[is_eval]),
+        callbacks=[keras.callbacks.EarlyStopping(patience=2, restore_best_weights=True)],
+    )
     test_labels = np.array([names.index(v) for v in test.column("label").to_pylist()])
     predicted = model.predict(ids(test.column("text").to_pylist()), verbose=0).argmax(axis=1)
-    return {"accuracy": float((predicted == test_labels).mean()),
-            "seconds": time.perf_counter() - start}
+    return {
+        "accuracy": float((predicted == test_labels).mean()),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def pipeline(train_path: str, test_path: str, work: str, epochs: int, seed: int) -> dict:
@@ -72,20 +90,49 @@ def pipeline(train_path: str, test_path: str, work: str, epochs: int, seed: int)
     cli = [sys.executable, "-m", "pipeline.cli"]
     start = time.perf_counter()
     steps = [
-        ["preprocess", "--input", train_path, "--output_dir", f"{work}/data",
-         "--sequence_length", str(SEQUENCE_LENGTH), "--max_tokens", str(MAX_TOKENS),
-         "--strip_punctuation"],
-        ["train", "--data_dir", f"{work}/data", "--model_dir", f"{work}/model",
-         "--epochs", str(epochs), "--seed", str(seed)],
-        ["score", "--model_dir", f"{work}/model", "--input", test_path, "--output",
-         f"{work}/scores", "--text_column", "text"],
+        [
+            "preprocess",
+            "--input",
+            train_path,
+            "--output_dir",
+            f"{work}/data",
+            "--sequence_length",
+            str(SEQUENCE_LENGTH),
+            "--max_tokens",
+            str(MAX_TOKENS),
+            "--strip_punctuation",
+        ],
+        [
+            "train",
+            "--data_dir",
+            f"{work}/data",
+            "--model_dir",
+            f"{work}/model",
+            "--epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+        ],
+        [
+            "score",
+            "--model_dir",
+            f"{work}/model",
+            "--input",
+            test_path,
+            "--output",
+            f"{work}/scores",
+            "--text_column",
+            "text",
+        ],
     ]
     for step in steps:
         subprocess.run(cli + step, check=True, cwd=ROOT)
     scored = pq.read_table(glob.glob(f"{work}/scores/part-*.parquet"))
     hits = pc.equal(scored.column("label"), scored.column("predicted_label"))
-    return {"accuracy": pc.mean(pc.cast(hits, "int8")).as_py(),
-            "seconds": time.perf_counter() - start}
+    return {
+        "accuracy": pc.mean(pc.cast(hits, "int8")).as_py(),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -101,12 +148,18 @@ def main() -> None:
     train, test = data["train"]["path"], data["test"]["path"]
     b = pipeline(train, test, work, args.epochs, args.seed)
     a = in_memory(train, test, args.epochs, args.seed)
-    print(f"\n20 Newsgroups test accuracy ({data['test']['rows']} posts), seed model, "
-          f"{args.epochs} epochs max, early stopping patience 2")
-    print(f"(a) in-memory Keras TextVectorization + model.fit   {a['accuracy']:.4f}"
-          f"   ({a['seconds']:.0f}s training)")
-    print(f"(b) textclf preprocess -> train -> score            {b['accuracy']:.4f}"
-          f"   ({b['seconds']:.0f}s all three stages)")
+    print(
+        f"\n20 Newsgroups test accuracy ({data['test']['rows']} posts), seed model, "
+        f"{args.epochs} epochs max, early stopping patience 2"
+    )
+    print(
+        f"(a) in-memory Keras TextVectorization + model.fit   {a['accuracy']:.4f}"
+        f"   ({a['seconds']:.0f}s training)"
+    )
+    print(
+        f"(b) textclf preprocess -> train -> score            {b['accuracy']:.4f}"
+        f"   ({b['seconds']:.0f}s all three stages)"
+    )
     print(f"b - a = {b['accuracy'] - a['accuracy']:+.4f}")
 
 

@@ -51,9 +51,11 @@ def synthetic_corpus(path: str, docs: int, seed: int = 0) -> None:
             lengths = rng.poisson(45, n).clip(1)
             tokens = words[(rng.zipf(1.2, lengths.sum()) - 1) % len(words)]
             offsets = np.concatenate([[0], np.cumsum(lengths)])
-            texts = [" ".join(tokens[offsets[i]:offsets[i + 1]]) for i in range(n)]
-            w.write_table(pa.table({"text": texts, "label": rng.choice(["a", "b", "c"], n)}),
-                          row_group_size=50_000)
+            texts = [" ".join(tokens[offsets[i] : offsets[i + 1]]) for i in range(n)]
+            w.write_table(
+                pa.table({"text": texts, "label": rng.choice(["a", "b", "c"], n)}),
+                row_group_size=50_000,
+            )
 
 
 def repeat_corpus(src: str, dst: str, times: int) -> None:
@@ -73,9 +75,12 @@ def keras_in_memory(path: str) -> dict:
 
     texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
     start = time.perf_counter()
-    layer = keras.layers.TextVectorization(max_tokens=MAX_TOKENS + 2, standardize="lower",
-                                           split="whitespace",
-                                           output_sequence_length=SEQUENCE_LENGTH)
+    layer = keras.layers.TextVectorization(
+        max_tokens=MAX_TOKENS + 2,
+        standardize="lower",
+        split="whitespace",
+        output_sequence_length=SEQUENCE_LENGTH,
+    )
     data = tf.data.Dataset.from_tensor_slices(texts).batch(4096)
     layer.adapt(data)
     rows = 0
@@ -95,9 +100,19 @@ def textclf_stage(path: str, out: str, extra: list[str]) -> dict:
     from pipeline import preprocess
     from transforms import corpus_io, text_preprocessing, tfrecords  # noqa: F401
 
-    opts, options = preprocess.parse(["--input", path, "--output_dir", out,
-                                      "--sequence_length", str(SEQUENCE_LENGTH),
-                                      "--max_tokens", str(MAX_TOKENS), *extra])
+    opts, options = preprocess.parse(
+        [
+            "--input",
+            path,
+            "--output_dir",
+            out,
+            "--sequence_length",
+            str(SEQUENCE_LENGTH),
+            "--max_tokens",
+            str(MAX_TOKENS),
+            *extra,
+        ]
+    )
     start = time.perf_counter()
     stats = preprocess.preprocess(opts, options)
     return {"docs": stats["rows_read"], "seconds": time.perf_counter() - start}
@@ -114,23 +129,38 @@ def textbook_tft(path: str, out: str) -> dict:
     from transforms.contracts import RAW_LABEL_KEY, TEXT_KEY
     from transforms.text_preprocessing import TextSettings, make_preprocessing_fn
 
-    settings = TextSettings(sequence_length=SEQUENCE_LENGTH, max_tokens=MAX_TOKENS,
-                            fast_vocabulary=False)
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec({
-        TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
-        RAW_LABEL_KEY: tf.io.FixedLenFeature([], tf.string)}))
+    settings = TextSettings(
+        sequence_length=SEQUENCE_LENGTH, max_tokens=MAX_TOKENS, fast_vocabulary=False
+    )
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(
+            {
+                TEXT_KEY: tf.io.FixedLenFeature([], tf.string),
+                RAW_LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
+            }
+        )
+    )
     start = time.perf_counter()
-    with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(
-            ["--runner=DirectRunner"])) as p, tft_beam.Context(temp_dir=f"{out}/tmp"):
-        rows = (p | "Read" >> beam.io.ReadFromParquet(path)
-                | "ToInstance" >> beam.Map(lambda r: {TEXT_KEY: r["text"],
-                                                      RAW_LABEL_KEY: r["label"]}))
-        (data, out_meta), transform_fn = ((rows, metadata)
-                                          | tft_beam.AnalyzeAndTransformDataset(
-                                              make_preprocessing_fn(settings)))
+    with (
+        beam.Pipeline(
+            options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])
+        ) as p,
+        tft_beam.Context(temp_dir=f"{out}/tmp"),
+    ):
+        rows = (
+            p
+            | "Read" >> beam.io.ReadFromParquet(path)
+            | "ToInstance" >> beam.Map(lambda r: {TEXT_KEY: r["text"], RAW_LABEL_KEY: r["label"]})
+        )
+        (data, out_meta), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            make_preprocessing_fn(settings)
+        )
         coder = ExampleProtoCoder(out_meta.schema)
-        _ = (data | "Encode" >> beam.Map(coder.encode)
-             | "Write" >> beam.io.WriteToTFRecord(f"{out}/train", file_name_suffix=".tfrecord.gz"))
+        _ = (
+            data
+            | "Encode" >> beam.Map(coder.encode)
+            | "Write" >> beam.io.WriteToTFRecord(f"{out}/train", file_name_suffix=".tfrecord.gz")
+        )
         _ = transform_fn | tft_beam.WriteTransformFn(out)
     import pyarrow.parquet as pq
 
@@ -186,8 +216,11 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     docs = pq.read_metadata(base).num_rows
-    print(f"corpus: {args.corpus}, {docs} docs, sequence_length {SEQUENCE_LENGTH}, "
-          f"max_tokens {MAX_TOKENS}, machine: {os.cpu_count()} cores", flush=True)
+    print(
+        f"corpus: {args.corpus}, {docs} docs, sequence_length {SEQUENCE_LENGTH}, "
+        f"max_tokens {MAX_TOKENS}, machine: {os.cpu_count()} cores",
+        flush=True,
+    )
 
     def out(name):
         path = os.path.join(work, name)
@@ -196,19 +229,30 @@ def main() -> None:
 
     results = {"a": in_subprocess("keras", base)}
     results["b"] = in_subprocess("textclf", base, out("b"))
-    results["b2"] = in_subprocess("textclf", base, out("b2"), "--direct_running_mode",
-                                  "multi_processing", "--direct_num_workers", "2")
+    results["b2"] = in_subprocess(
+        "textclf",
+        base,
+        out("b2"),
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        "2",
+    )
     if not args.skip_textbook:
         results["c"] = in_subprocess("textbook", base, out("c"))
     rate = {k: v["docs"] / v["seconds"] for k, v in results.items()}
-    names = {"a": "Keras TextVectorization adapt+call, in memory",
-             "b": "textclf preprocess, DirectRunner (in process)",
-             "b2": "textclf preprocess, DirectRunner multi_processing x2",
-             "c": "textbook tf.Transform (dicts, compute_and_apply_vocabulary)"}
+    names = {
+        "a": "Keras TextVectorization adapt+call, in memory",
+        "b": "textclf preprocess, DirectRunner (in process)",
+        "b2": "textclf preprocess, DirectRunner multi_processing x2",
+        "c": "textbook tf.Transform (dicts, compute_and_apply_vocabulary)",
+    }
     print(f"\n{'path':<62}{'docs':>10}{'seconds':>10}{'docs/s':>10}{'peak RSS MiB':>14}")
     for key, res in results.items():
-        print(f"({key}) {names[key]:<58}{res['docs']:>10}{res['seconds']:>10.1f}"
-              f"{rate[key]:>10.0f}{res['peak_rss_mib']:>14.0f}")
+        print(
+            f"({key}) {names[key]:<58}{res['docs']:>10}{res['seconds']:>10.1f}"
+            f"{rate[key]:>10.0f}{res['peak_rss_mib']:>14.0f}"
+        )
     print(f"\nb/a = {rate['b'] / rate['a']:.2f}   (target >= 0.5, stretch >= 1.0)")
     print(f"b2/a = {rate['b2'] / rate['a']:.2f}")
     if "c" in rate:
@@ -225,13 +269,18 @@ def main() -> None:
                 repeat_corpus(base, path, scale)
             res = results["b"] if scale == 1 else in_subprocess("textclf", path, out(f"b{scale}"))
             timings[scale] = res
-            print(f"{scale:<8}{res['docs']:>10}{res['seconds']:>10.1f}"
-                  f"{res['docs'] / res['seconds']:>10.0f}{res['peak_rss_mib']:>14.0f}", flush=True)
+            print(
+                f"{scale:<8}{res['docs']:>10}{res['seconds']:>10.1f}"
+                f"{res['docs'] / res['seconds']:>10.0f}{res['peak_rss_mib']:>14.0f}",
+                flush=True,
+            )
         lo, hi = scales[0], scales[-1]
         slope = math.log(timings[hi]["seconds"] / timings[lo]["seconds"]) / math.log(hi / lo)
         print(f"slope (log time / log size, {lo}x..{hi}x) = {slope:.2f}   (target <= 1.1)")
-        print(f"peak RSS {hi}x / {lo}x = "
-              f"{timings[hi]['peak_rss_mib'] / timings[lo]['peak_rss_mib']:.2f}")
+        print(
+            f"peak RSS {hi}x / {lo}x = "
+            f"{timings[hi]['peak_rss_mib'] / timings[lo]['peak_rss_mib']:.2f}"
+        )
     print(f"\nworkdir: {work}")
 
 

@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
-            print(f"textclf: unknown command '{argv[0]}'; choose one of: "
-                  f"{', '.join(SUBCOMMANDS)}", file=sys.stderr)
+            print(
+                f"textclf: unknown command '{argv[0]}'; choose one of: {', '.join(SUBCOMMANDS)}",
+                file=sys.stderr,
+            )
             return 2
         parser.print_help()
         return 0

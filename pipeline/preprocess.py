@@ -53,62 +53,124 @@ class PreprocessOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         allow_shared_flags(parser)  # --input: see pipeline/options.py
-        parser.add_argument("--input", nargs="+", action="extend", metavar="PATTERN",
-                            help="input file patterns (local paths or any Beam filesystem URI); "
-                            "required")
-        parser.add_argument("--output_dir",
-                            help="output directory; written to a staging dir, then finalized; "
-                            "required")
+        parser.add_argument(
+            "--input",
+            nargs="+",
+            action="extend",
+            metavar="PATTERN",
+            help="input file patterns (local paths or any Beam filesystem URI); required",
+        )
+        parser.add_argument(
+            "--output_dir",
+            help="output directory; written to a staging dir, then finalized; required",
+        )
         parser.add_argument("--text_column", default="text", help="column holding the text")
         parser.add_argument("--label_column", default="label", help="column holding the label(s)")
-        parser.add_argument("--id_column", default=None,
-                            help="optional column whose value decides the split (else the text)")
-        parser.add_argument("--format", default="auto", choices=("auto", "csv", "jsonl", "parquet"),
-                            help="input format (default: from each file's extension)")
+        parser.add_argument(
+            "--id_column",
+            default=None,
+            help="optional column whose value decides the split (else the text)",
+        )
+        parser.add_argument(
+            "--format",
+            default="auto",
+            choices=("auto", "csv", "jsonl", "parquet"),
+            help="input format (default: from each file's extension)",
+        )
         parser.add_argument("--csv_delimiter", default=",", help="CSV field delimiter")
-        parser.add_argument("--multi_label", action="store_true",
-                            help="several labels per row (list column or --label_delimiter)")
-        parser.add_argument("--label_delimiter", default=None,
-                            help="multi-label: split string label cells on this delimiter")
-        parser.add_argument("--max_tokens", type=int, default=20000,
-                            help="vocabulary size cap, most frequent first (0: no cap)")
-        parser.add_argument("--min_frequency", type=int, default=1,
-                            help="drop tokens seen fewer times than this")
-        parser.add_argument("--sequence_length", type=int, default=100,
-                            help="pad/truncate every text to this many token ids")
-        parser.add_argument("--num_oov_buckets", type=int, default=1,
-                            help="hash buckets for out-of-vocabulary tokens")
-        parser.add_argument("--eval_fraction", type=float, default=0.1,
-                            help="fraction of rows in the eval split (stable hash)")
-        parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
-                            help="lowercase text (Unicode) before tokenizing")
-        parser.add_argument("--strip_punctuation", action=argparse.BooleanOptionalAction,
-                            default=False, help="turn Unicode punctuation and symbols into spaces (e-mail -> e mail)")
-        parser.add_argument("--vocabulary_path", default="fast", choices=("fast", "textbook"),
-                            help="vocabulary analyzer: pyarrow-counted (fast) or "
-                            "tft.compute_and_apply_vocabulary (textbook); same output")
-        parser.add_argument("--batch_rows", type=int, default=4096,
-                            help="rows per record batch handed to tf.Transform")
+        parser.add_argument(
+            "--multi_label",
+            action="store_true",
+            help="several labels per row (list column or --label_delimiter)",
+        )
+        parser.add_argument(
+            "--label_delimiter",
+            default=None,
+            help="multi-label: split string label cells on this delimiter",
+        )
+        parser.add_argument(
+            "--max_tokens",
+            type=int,
+            default=20000,
+            help="vocabulary size cap, most frequent first (0: no cap)",
+        )
+        parser.add_argument(
+            "--min_frequency", type=int, default=1, help="drop tokens seen fewer times than this"
+        )
+        parser.add_argument(
+            "--sequence_length",
+            type=int,
+            default=100,
+            help="pad/truncate every text to this many token ids",
+        )
+        parser.add_argument(
+            "--num_oov_buckets",
+            type=int,
+            default=1,
+            help="hash buckets for out-of-vocabulary tokens",
+        )
+        parser.add_argument(
+            "--eval_fraction",
+            type=float,
+            default=0.1,
+            help="fraction of rows in the eval split (stable hash)",
+        )
+        parser.add_argument(
+            "--lowercase",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="lowercase text (Unicode) before tokenizing",
+        )
+        parser.add_argument(
+            "--strip_punctuation",
+            action=argparse.BooleanOptionalAction,
+            default=False,
+            help="turn Unicode punctuation and symbols into spaces (e-mail -> e mail)",
+        )
+        parser.add_argument(
+            "--vocabulary_path",
+            default="fast",
+            choices=("fast", "textbook"),
+            help="vocabulary analyzer: pyarrow-counted (fast) or "
+            "tft.compute_and_apply_vocabulary (textbook); same output",
+        )
+        parser.add_argument(
+            "--batch_rows",
+            type=int,
+            default=4096,
+            help="rows per record batch handed to tf.Transform",
+        )
 
 
 def _settings(opts: PreprocessOptions):
     from transforms.text_preprocessing import TextSettings
 
-    return TextSettings(sequence_length=opts.sequence_length, max_tokens=opts.max_tokens,
-                        min_frequency=opts.min_frequency, num_oov_buckets=opts.num_oov_buckets,
-                        lowercase=opts.lowercase, strip_punctuation=opts.strip_punctuation,
-                        multi_label=opts.multi_label,
-                        fast_vocabulary=opts.vocabulary_path == "fast")
+    return TextSettings(
+        sequence_length=opts.sequence_length,
+        max_tokens=opts.max_tokens,
+        min_frequency=opts.min_frequency,
+        num_oov_buckets=opts.num_oov_buckets,
+        lowercase=opts.lowercase,
+        strip_punctuation=opts.strip_punctuation,
+        multi_label=opts.multi_label,
+        fast_vocabulary=opts.vocabulary_path == "fast",
+    )
 
 
 def _spec(opts: PreprocessOptions):
     from transforms.corpus_io import CorpusSpec
 
-    return CorpusSpec(patterns=tuple(opts.input), format=opts.format,
-                      text_column=opts.text_column, label_column=opts.label_column,
-                      id_column=opts.id_column, multi_label=opts.multi_label,
-                      label_delimiter=opts.label_delimiter, eval_fraction=opts.eval_fraction,
-                      csv_delimiter=opts.csv_delimiter)
+    return CorpusSpec(
+        patterns=tuple(opts.input),
+        format=opts.format,
+        text_column=opts.text_column,
+        label_column=opts.label_column,
+        id_column=opts.id_column,
+        multi_label=opts.multi_label,
+        label_delimiter=opts.label_delimiter,
+        eval_fraction=opts.eval_fraction,
+        csv_delimiter=opts.csv_delimiter,
+    )
 
 
 def check_settings(opts: PreprocessOptions) -> None:
@@ -137,10 +199,14 @@ def _tensor_adapter_config(multi_label: bool):
     def dense(column):
         return rep(dense_tensor=rep.DenseTensor(column_name=column, shape=schema_pb2.FixedShape()))
 
-    label = (rep(varlen_sparse_tensor=rep.VarLenSparseTensor(column_name=RAW_LABEL_KEY))
-             if multi_label else dense(RAW_LABEL_KEY))
-    return tensor_adapter.TensorAdapterConfig(tft_input_schema(multi_label),
-                                              {TEXT_KEY: dense(TEXT_KEY), RAW_LABEL_KEY: label})
+    label = (
+        rep(varlen_sparse_tensor=rep.VarLenSparseTensor(column_name=RAW_LABEL_KEY))
+        if multi_label
+        else dense(RAW_LABEL_KEY)
+    )
+    return tensor_adapter.TensorAdapterConfig(
+        tft_input_schema(multi_label), {TEXT_KEY: dense(TEXT_KEY), RAW_LABEL_KEY: label}
+    )
 
 
 def _rebatch(batch, rows: int):
@@ -157,17 +223,28 @@ def _vocabulary_size(transform_fn_dir: str) -> int:
 
 
 def _dead_letter_json(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, sort_keys=True,
-                      default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes)
-                      else str(v))
+    return json.dumps(
+        record,
+        ensure_ascii=False,
+        sort_keys=True,
+        default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
+    )
 
 
 def _parse_error_stats(record: dict) -> dict:
     return {"rows_read": 1, "dead_lettered": {record["reason"]: 1}}
 
 
-def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
-                   batch_rows: int, temp_dir: str, finalize_args: dict) -> None:
+def build_pipeline(
+    p: beam.Pipeline,
+    spec,
+    files: dict,
+    settings,
+    staging: str,
+    batch_rows: int,
+    temp_dir: str,
+    finalize_args: dict,
+) -> None:
     """The stage's graph: read twice (analyze, transform: nothing held in memory), write,
     then `finalize` (stats.json, preprocess_config.json, move into place, _SUCCESS)."""
     import tensorflow_transform.beam as tft_beam
@@ -180,73 +257,111 @@ def build_pipeline(p: beam.Pipeline, spec, files: dict, settings, staging: str,
 
     def read(label: str):
         raw = p | f"ReadCorpus[{label}]" >> corpus_io.ReadCorpus(spec, files, batch_rows)
-        rows = (raw["batches"]
-                | f"Rebatch[{label}]" >> beam.FlatMap(_rebatch, batch_rows)
-                .with_output_types(pa.RecordBatch)
-                | f"ValidateAndSplit[{label}]" >> beam.ParDo(
-                    corpus_io.ValidateAndSplit(spec, for_analysis=label == "analyze"))
-                .with_output_types(pa.RecordBatch)
-                .with_outputs(corpus_io.DEAD_LETTER_TAG, corpus_io.STATS_TAG, main="rows"))
+        rows = (
+            raw["batches"]
+            | f"Rebatch[{label}]"
+            >> beam.FlatMap(_rebatch, batch_rows).with_output_types(pa.RecordBatch)
+            | f"ValidateAndSplit[{label}]"
+            >> beam.ParDo(corpus_io.ValidateAndSplit(spec, for_analysis=label == "analyze"))
+            .with_output_types(pa.RecordBatch)
+            .with_outputs(corpus_io.DEAD_LETTER_TAG, corpus_io.STATS_TAG, main="rows")
+        )
         return raw, rows
 
     _, analysis_rows = read("analyze")
     raw, rows = read("transform")
     with tft_beam.Context(temp_dir=temp_dir, passthrough_keys={SPLIT_KEY}):
-        transform_fn = ((analysis_rows.rows, adapter)
-                        | "AnalyzeCorpus" >> tft_beam.AnalyzeDataset(preprocessing_fn))
-        transformed, _ = (((rows.rows, adapter), transform_fn)
-                          | "TransformCorpus" >> tft_beam.TransformDataset(
-                              output_record_batches=True))
+        transform_fn = (analysis_rows.rows, adapter) | "AnalyzeCorpus" >> tft_beam.AnalyzeDataset(
+            preprocessing_fn
+        )
+        transformed, _ = (
+            (rows.rows, adapter),
+            transform_fn,
+        ) | "TransformCorpus" >> tft_beam.TransformDataset(output_record_batches=True)
         transform_fn_written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
-            staging)
-    encoded = transformed | "SplitAndEncode" >> beam.ParDo(
-        tfrecords.SplitAndEncode()).with_outputs(TRAIN, EVAL, tfrecords.STATS_TAG)
+            staging
+        )
+    encoded = transformed | "SplitAndEncode" >> beam.ParDo(tfrecords.SplitAndEncode()).with_outputs(
+        TRAIN, EVAL, tfrecords.STATS_TAG
+    )
     written = [transform_fn_written]
     for split in SPLITS:
-        written.append(encoded[split] | f"Write[{split}]" >> tfrecords.WriteBatchedTFRecords(
-            f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX))
-    dead = ((raw[corpus_io.DEAD_LETTER_TAG], rows[corpus_io.DEAD_LETTER_TAG])
-            | "FlattenDeadLetters" >> beam.Flatten())
-    written.append(dead | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
-                   | "WriteDeadLetters" >> beam.io.WriteToText(
-                       f"{staging}/{DEAD_LETTER_PREFIX}", file_name_suffix=".jsonl"))
+        written.append(
+            encoded[split]
+            | f"Write[{split}]"
+            >> tfrecords.WriteBatchedTFRecords(
+                f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX
+            )
+        )
+    dead = (
+        raw[corpus_io.DEAD_LETTER_TAG],
+        rows[corpus_io.DEAD_LETTER_TAG],
+    ) | "FlattenDeadLetters" >> beam.Flatten()
+    written.append(
+        dead
+        | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
+        | "WriteDeadLetters"
+        >> beam.io.WriteToText(f"{staging}/{DEAD_LETTER_PREFIX}", file_name_suffix=".jsonl")
+    )
     parse_errors = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> beam.Map(
-        _parse_error_stats)
+        _parse_error_stats
+    )
     # Each source is combined where it is produced (a lifted combine); flattening the per-batch
     # dicts first would make the runner hold all of them until the end.
     partial_counts = [
         pcoll | f"MergeStats[{name}]" >> beam.CombineGlobally(tfrecords.merge_stats)
-        for name, pcoll in (("read", rows[corpus_io.STATS_TAG]),
-                            ("write", encoded[tfrecords.STATS_TAG]),
-                            ("parse_errors", parse_errors))]
-    counts = (partial_counts | "FlattenStats" >> beam.Flatten()
-              | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats))
+        for name, pcoll in (
+            ("read", rows[corpus_io.STATS_TAG]),
+            ("write", encoded[tfrecords.STATS_TAG]),
+            ("parse_errors", parse_errors),
+        )
+    ]
+    counts = (
+        partial_counts
+        | "FlattenStats" >> beam.Flatten()
+        | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats)
+    )
     # The last step runs once every write has finished (its side inputs are their results), so
     # the output is finalized by the job itself: a Dataflow/Flex Template launch that returns
     # before the job ends still gets a complete directory with _SUCCESS last.
     writes = {f"written_{i}": beam.pvalue.AsList(w) for i, w in enumerate(written)}
-    _ = (p | "Once" >> beam.Create([None])
-         | "Finalize" >> beam.Map(finalize, beam.pvalue.AsSingleton(counts), **finalize_args,
-                                  **writes))
+    _ = (
+        p
+        | "Once" >> beam.Create([None])
+        | "Finalize"
+        >> beam.Map(finalize, beam.pvalue.AsSingleton(counts), **finalize_args, **writes)
+    )
 
 
-def finalize(_, counts: dict, staging: str, output_dir: str, settings, config: dict,
-             started: float, tft_temp: str | None, **written) -> None:
+def finalize(
+    _,
+    counts: dict,
+    staging: str,
+    output_dir: str,
+    settings,
+    config: dict,
+    started: float,
+    tft_temp: str | None,
+    **written,
+) -> None:
     """The job's last step: turn the merged counts into stats.json, write the config, and move
     the staging directory into place with _SUCCESS last."""
     from transforms.tfrecords import length_quantiles
 
     transform_dir = f"{staging}/{TRANSFORM_FN_DIR}"
     vocab_size = _vocabulary_size(transform_dir)
-    label_vocabulary = [line for line in outputs.read_text(
-        f"{transform_dir}/assets/{LABEL_VOCAB_NAME}").split("\n") if line]
+    label_vocabulary = [
+        line
+        for line in outputs.read_text(f"{transform_dir}/assets/{LABEL_VOCAB_NAME}").split("\n")
+        if line
+    ]
     written_rows = {s: counts.get("rows_written", {}).get(s, 0) for s in SPLITS}
     dead = counts.get("dead_lettered", {})
     rows_read = counts.get("rows_read", 0)
     histogram = {int(k): v for k, v in counts.get("length_histogram", {}).items()}
     ids = counts.get("id_histogram", np.zeros(1, np.int64))
     window = int(ids[1:].sum())  # every id but padding, in the first sequence_length tokens
-    oov = int(ids[vocab_size + 1:].sum())
+    oov = int(ids[vocab_size + 1 :].sum())
     elapsed = time.time() - started
     stats = {
         "rows_read": rows_read,
@@ -263,13 +378,20 @@ def finalize(_, counts: dict, staging: str, output_dir: str, settings, config: d
         "seconds": round(elapsed, 2),
         "docs_per_second": round(rows_read / elapsed, 1) if elapsed else None,
     }
-    config = dict(dataclasses.asdict(settings), **config, vocab_size=vocab_size,
-                  id_vocabulary_size=1 + vocab_size + settings.num_oov_buckets,
-                  num_classes=len(label_vocabulary), label_vocabulary=label_vocabulary)
+    config = dict(
+        dataclasses.asdict(settings),
+        **config,
+        vocab_size=vocab_size,
+        id_vocabulary_size=1 + vocab_size + settings.num_oov_buckets,
+        num_classes=len(label_vocabulary),
+        label_vocabulary=label_vocabulary,
+    )
     if not stats["rows_accounted"]:
         # A bug guard, not a data problem: never publish an output that lost rows.
-        raise RuntimeError(f"rows do not add up: read {rows_read}, written {written_rows}, "
-                           f"dead-lettered {sum(dead.values())}; output left in {staging}")
+        raise RuntimeError(
+            f"rows do not add up: read {rows_read}, written {written_rows}, "
+            f"dead-lettered {sum(dead.values())}; output left in {staging}"
+        )
     outputs.write_json(f"{staging}/{STATS_FILE}", stats)
     outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
     if tft_temp:
@@ -290,18 +412,29 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     _LOG.info("preprocess: %d input file(s) -> %s", len(files), opts.output_dir)
     staging = outputs.staging_dir(opts.output_dir)
     temp_location = beam_options.view_as(
-        beam.options.pipeline_options.GoogleCloudOptions).temp_location
+        beam.options.pipeline_options.GoogleCloudOptions
+    ).temp_location
     temp_dir = f"{temp_location.rstrip('/')}/tft" if temp_location else f"{staging}/_tft_tmp"
-    config = dict(input=list(opts.input), files=sorted(files), text_column=spec.text_column,
-                  label_column=spec.label_column, id_column=spec.id_column,
-                  label_delimiter=spec.label_delimiter, eval_fraction=spec.eval_fraction)
-    finalize_args = dict(staging=staging, output_dir=opts.output_dir, settings=settings,
-                         config=config, started=time.time(),
-                         tft_temp=None if temp_location else temp_dir)
+    config = dict(
+        input=list(opts.input),
+        files=sorted(files),
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        id_column=spec.id_column,
+        label_delimiter=spec.label_delimiter,
+        eval_fraction=spec.eval_fraction,
+    )
+    finalize_args = dict(
+        staging=staging,
+        output_dir=opts.output_dir,
+        settings=settings,
+        config=config,
+        started=time.time(),
+        tft_temp=None if temp_location else temp_dir,
+    )
     try:
         p = make_pipeline(beam_options, threads_by_default=True)
-        build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir,
-                       finalize_args)
+        build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir, finalize_args)
         p.run().wait_until_finish()
     except BaseException:
         outputs.discard(staging)
@@ -312,9 +445,13 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         _LOG.info("preprocess: job submitted; %s appears when it finishes", opts.output_dir)
         return {"submitted": True, "output_dir": opts.output_dir}
     stats = outputs.read_json(f"{opts.output_dir}/{STATS_FILE}")
-    _LOG.info("preprocess: %d rows read, %s written, %d dead-lettered in %.1fs",
-              stats["rows_read"], stats["rows_written"], stats["rows_dead_lettered"],
-              stats["seconds"])
+    _LOG.info(
+        "preprocess: %d rows read, %s written, %d dead-lettered in %.1fs",
+        stats["rows_read"],
+        stats["rows_written"],
+        stats["rows_dead_lettered"],
+        stats["seconds"],
+    )
     return stats
 
 
@@ -322,7 +459,8 @@ def parse(argv: list[str]) -> tuple[PreprocessOptions, PipelineOptions]:
     parser = argparse.ArgumentParser(
         prog="textclf preprocess",
         description="Corpus (CSV, JSONL, Parquet) -> padded, split, gzipped TFRecords and the "
-        "tf.Transform graph. Unknown flags are Beam pipeline options (--runner, ...).")
+        "tf.Transform graph. Unknown flags are Beam pipeline options (--runner, ...).",
+    )
     PreprocessOptions._add_argparse_args(parser)
     known, beam_args = parser.parse_known_args(argv)
     missing = [f"--{name}" for name in PreprocessOptions.REQUIRED_FLAGS if not getattr(known, name)]

@@ -43,8 +43,15 @@ from transforms.contracts import (
 )
 
 FORMATS = ("csv", "jsonl", "parquet")
-_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-               ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 DEAD_LETTER_TAG = "dead_letter"
 STATS_TAG = "stats"
 _SPLIT_BUCKETS = 10_000
@@ -84,8 +91,10 @@ def format_for(path: str, explicit: str | None = None) -> str:
     name = path[:-3] if path.endswith(".gz") else path
     ext = os.path.splitext(name)[1].lower()
     if ext not in _EXTENSIONS:
-        raise CorpusError(f"cannot tell the format of '{path}' from its extension; pass "
-                          f"--format {'|'.join(FORMATS)}")
+        raise CorpusError(
+            f"cannot tell the format of '{path}' from its extension; pass "
+            f"--format {'|'.join(FORMATS)}"
+        )
     return _EXTENSIONS[ext]
 
 
@@ -93,9 +102,12 @@ def _csv_options(spec: CorpusSpec, columns: list[str]):
     read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
     parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True)
     # Text and labels stay bytes here so a bad byte fails one row (dead letter), not the file.
-    convert = pacsv.ConvertOptions(include_columns=columns,
-                                   column_types={c: pa.binary() for c in columns},
-                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    convert = pacsv.ConvertOptions(
+        include_columns=columns,
+        column_types={c: pa.binary() for c in columns},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
     return read, parse, convert
 
 
@@ -103,8 +115,12 @@ def _open(path: str):
     compression = "gzip" if path.endswith(".gz") else "uncompressed"
     from apache_beam.io.filesystem import CompressionTypes
 
-    return FileSystems.open(path, compression_type=CompressionTypes(compression)
-                            if compression == "gzip" else CompressionTypes.UNCOMPRESSED)
+    return FileSystems.open(
+        path,
+        compression_type=CompressionTypes(compression)
+        if compression == "gzip"
+        else CompressionTypes.UNCOMPRESSED,
+    )
 
 
 def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
@@ -117,8 +133,11 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
     if fmt == "csv":
         read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
         # Malformed rows are the reader's business (dead letters), not a reason to refuse the file.
-        parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True,
-                                   invalid_row_handler=lambda row: "skip")
+        parse = pacsv.ParseOptions(
+            delimiter=spec.csv_delimiter,
+            newlines_in_values=True,
+            invalid_row_handler=lambda row: "skip",
+        )
         reader = pacsv.open_csv(io.BytesIO(head), read_options=read, parse_options=parse)
         return reader.schema
     # JSONL: parse the complete lines of the first block with Python, to see the types users meant.
@@ -133,8 +152,15 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
         if isinstance(obj, dict):
             for key, value in obj.items():
                 fields.setdefault(key, set()).add(type(value).__name__)
-    type_of = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
-               "list": pa.list_(pa.string()), "dict": pa.struct([]), "NoneType": pa.null()}
+    type_of = {
+        "str": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "list": pa.list_(pa.string()),
+        "dict": pa.struct([]),
+        "NoneType": pa.null(),
+    }
     schema_fields = []
     for key, kinds in fields.items():
         kinds.discard("NoneType")
@@ -144,13 +170,22 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
 
 
 def _is_textual(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
-        or pa.types.is_large_binary(t) or pa.types.is_null(t)
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_null(t)
+    )
 
 
 def _is_label_scalar(t: pa.DataType) -> bool:
-    return _is_textual(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) \
+    return (
+        _is_textual(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
         or pa.types.is_dictionary(t)
+    )
 
 
 def _is_label_list(t: pa.DataType) -> bool:
@@ -175,27 +210,38 @@ def inspect_corpus(spec: CorpusSpec) -> dict:
         except (OSError, pa.ArrowException) as err:
             raise CorpusError(f"cannot read {path} as {fmt}: {str(err).splitlines()[0]}") from err
         names = schema.names
-        for role, column in (("text", spec.text_column), ("label", spec.label_column),
-                             ("id", spec.id_column)):
+        for role, column in (
+            ("text", spec.text_column),
+            ("label", spec.label_column),
+            ("id", spec.id_column),
+        ):
             if column and column not in names:
                 if fmt == "jsonl" and not names:
                     raise CorpusError(f"{path} has no JSON object lines in its first block")
-                raise CorpusError(f"{role} column '{column}' not found in {path}; columns are: "
-                                  f"{', '.join(names) or '(none)'}")
+                raise CorpusError(
+                    f"{role} column '{column}' not found in {path}; columns are: "
+                    f"{', '.join(names) or '(none)'}"
+                )
         if fmt == "csv":
             continue  # every CSV cell is text; its labels and ids are read as strings
         text_type = schema.field(spec.text_column).type
         if not _is_textual(text_type):
-            raise CorpusError(f"text column '{spec.text_column}' in {path} holds {text_type}, "
-                              "not text; choose a string column with --text_column")
+            raise CorpusError(
+                f"text column '{spec.text_column}' in {path} holds {text_type}, "
+                "not text; choose a string column with --text_column"
+            )
         label_type = schema.field(spec.label_column).type
         if _is_label_list(label_type):
             if not spec.multi_label:
-                raise CorpusError(f"label column '{spec.label_column}' in {path} holds lists "
-                                  f"({label_type}); pass --multi_label for multi-label data")
+                raise CorpusError(
+                    f"label column '{spec.label_column}' in {path} holds lists "
+                    f"({label_type}); pass --multi_label for multi-label data"
+                )
         elif not _is_label_scalar(label_type):
-            raise CorpusError(f"label column '{spec.label_column}' in {path} holds {label_type}; "
-                              "labels must be strings, integers, booleans or (multi-label) lists")
+            raise CorpusError(
+                f"label column '{spec.label_column}' in {path} holds {label_type}; "
+                "labels must be strings, integers, booleans or (multi-label) lists"
+            )
     return files
 
 
@@ -222,11 +268,15 @@ class _ReadDelimitedFile(beam.DoFn):
                 bad_rows.append(row)
                 return "skip"
 
-            parse = pacsv.ParseOptions(delimiter=parse.delimiter, newlines_in_values=True,
-                                       invalid_row_handler=on_invalid_row)
+            parse = pacsv.ParseOptions(
+                delimiter=parse.delimiter,
+                newlines_in_values=True,
+                invalid_row_handler=on_invalid_row,
+            )
             with _open(path) as f:
-                for batch in pacsv.open_csv(f, read_options=read, parse_options=parse,
-                                            convert_options=convert):
+                for batch in pacsv.open_csv(
+                    f, read_options=read, parse_options=parse, convert_options=convert
+                ):
                     yield batch
                     yield from self._dead_rows(path, bad_rows)
             yield from self._dead_rows(path, bad_rows)
@@ -234,8 +284,9 @@ class _ReadDelimitedFile(beam.DoFn):
         emitted = 0
         try:
             with _open(path) as f:
-                reader = pajson.open_json(f, read_options=pajson.ReadOptions(
-                    block_size=_READ_BLOCK_BYTES))
+                reader = pajson.open_json(
+                    f, read_options=pajson.ReadOptions(block_size=_READ_BLOCK_BYTES)
+                )
                 for batch in reader:
                     batch = _select(batch, columns)
                     emitted += batch.num_rows
@@ -249,10 +300,16 @@ class _ReadDelimitedFile(beam.DoFn):
         while bad_rows:
             row = bad_rows.pop(0)
             where = f"line {row.number}: " if row.number is not None else ""
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
-                "source": path, "row": {"line": row.text}, "reason": "malformed CSV row",
-                "detail": f"{where}expected {row.expected_columns} fields, "
-                          f"found {row.actual_columns}"})
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG,
+                {
+                    "source": path,
+                    "row": {"line": row.text},
+                    "reason": "malformed CSV row",
+                    "detail": f"{where}expected {row.expected_columns} fields, "
+                    f"found {row.actual_columns}",
+                },
+            )
 
     def _read_jsonl_by_line(self, path, columns, skip):
         rows, seen = [], 0
@@ -268,9 +325,15 @@ class _ReadDelimitedFile(beam.DoFn):
                     if not isinstance(obj, dict):
                         raise ValueError("line is not a JSON object")
                 except ValueError as err:
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, {
-                        "source": path, "row": {"line": raw.decode("utf-8", "replace")},
-                        "reason": "invalid JSON line", "detail": f"line {number}: {err}"})
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTER_TAG,
+                        {
+                            "source": path,
+                            "row": {"line": raw.decode("utf-8", "replace")},
+                            "reason": "invalid JSON line",
+                            "detail": f"line {number}: {err}",
+                        },
+                    )
                     continue
                 rows.append({c: obj.get(c) for c in columns})
                 if len(rows) >= _FALLBACK_BATCH_ROWS:
@@ -286,18 +349,36 @@ def _rows_to_batch(rows: list[dict], columns: list[str]) -> pa.RecordBatch:
     for c in columns:
         values = [r[c] for r in rows]
         if any(isinstance(v, list) for v in values):
-            arrays.append(pa.array([None if v is None else [str(x) for x in v]
-                                    if isinstance(v, list) else [str(v)] for v in values],
-                                   pa.list_(pa.string())))
+            arrays.append(
+                pa.array(
+                    [
+                        None
+                        if v is None
+                        else [str(x) for x in v]
+                        if isinstance(v, list)
+                        else [str(v)]
+                        for v in values
+                    ],
+                    pa.list_(pa.string()),
+                )
+            )
         else:
-            arrays.append(pa.array([None if v is None else v if isinstance(v, str) else
-                                    json.dumps(v) for v in values], pa.string()))
+            arrays.append(
+                pa.array(
+                    [
+                        None if v is None else v if isinstance(v, str) else json.dumps(v)
+                        for v in values
+                    ],
+                    pa.string(),
+                )
+            )
     return pa.RecordBatch.from_arrays(arrays, names=columns)
 
 
 def _select(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
-    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows)
-              for c in columns]
+    arrays = [
+        batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows) for c in columns
+    ]
     return pa.RecordBatch.from_arrays(arrays, names=columns)
 
 
@@ -320,7 +401,8 @@ class _ReadParquetRowGroup(beam.DoFn):
         path, index = element
         with FileSystems.open(path) as f:
             yield from pq.ParquetFile(f).iter_batches(
-                batch_size=self._batch_rows, row_groups=[index], columns=self._columns)
+                batch_size=self._batch_rows, row_groups=[index], columns=self._columns
+            )
 
 
 class ReadCorpus(beam.PTransform):
@@ -343,27 +425,34 @@ class ReadCorpus(beam.PTransform):
         batches, dead = [], []
         for fmt in sorted(set(self._files.values())):
             paths = pbegin | f"ListFiles[{fmt}]" >> beam.Create(
-                sorted(p for p, f in self._files.items() if f == fmt))
+                sorted(p for p, f in self._files.items() if f == fmt)
+            )
             if fmt == "parquet":
                 batches.append(
                     paths
                     | "ListRowGroups" >> beam.FlatMap(_parquet_row_groups)
                     | "ReshuffleRowGroups" >> beam.Reshuffle()
-                    | "ReadRowGroup" >> beam.ParDo(_ReadParquetRowGroup(
-                        spec.columns, self._batch_rows)).with_output_types(pa.RecordBatch))
+                    | "ReadRowGroup"
+                    >> beam.ParDo(
+                        _ReadParquetRowGroup(spec.columns, self._batch_rows)
+                    ).with_output_types(pa.RecordBatch)
+                )
                 continue
-            read = (paths
-                    | f"Match[{fmt}]" >> fileio.MatchAll()
-                    | f"Open[{fmt}]" >> fileio.ReadMatches()
-                    | f"Reshuffle[{fmt}]" >> beam.Reshuffle()
-                    | f"Read[{fmt}]" >> beam.ParDo(_ReadDelimitedFile(spec, fmt))
-                    .with_output_types(pa.RecordBatch).with_outputs(DEAD_LETTER_TAG,
-                                                                     main="batches"))
+            read = (
+                paths
+                | f"Match[{fmt}]" >> fileio.MatchAll()
+                | f"Open[{fmt}]" >> fileio.ReadMatches()
+                | f"Reshuffle[{fmt}]" >> beam.Reshuffle()
+                | f"Read[{fmt}]"
+                >> beam.ParDo(_ReadDelimitedFile(spec, fmt))
+                .with_output_types(pa.RecordBatch)
+                .with_outputs(DEAD_LETTER_TAG, main="batches")
+            )
             batches.append(read.batches)
             dead.append(read[DEAD_LETTER_TAG])
         return {
-            "batches": batches | "FlattenBatches" >> beam.Flatten().with_output_types(
-                pa.RecordBatch),
+            "batches": batches
+            | "FlattenBatches" >> beam.Flatten().with_output_types(pa.RecordBatch),
             DEAD_LETTER_TAG: (dead or [pbegin | "NoParseErrors" >> beam.Create([])])
             | "FlattenParseErrors" >> beam.Flatten(),
         }
@@ -371,9 +460,13 @@ class ReadCorpus(beam.PTransform):
 
 def tft_input_schema(multi_label: bool) -> pa.Schema:
     """The Arrow schema of ValidateAndSplit's output, which tf.Transform's adapter reads."""
-    return pa.schema([(TEXT_KEY, pa.list_(pa.string())),
-                      (RAW_LABEL_KEY, pa.list_(pa.string())),
-                      (SPLIT_KEY, pa.list_(pa.string()))])
+    return pa.schema(
+        [
+            (TEXT_KEY, pa.list_(pa.string())),
+            (RAW_LABEL_KEY, pa.list_(pa.string())),
+            (SPLIT_KEY, pa.list_(pa.string())),
+        ]
+    )
 
 
 def _as_string(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -413,25 +506,30 @@ def _to_label_lists(arr: pa.Array, delimiter: str | None) -> pa.Array:
         arr = arr.combine_chunks()
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         values, _ = _as_string(arr.flatten())
-        lists = pa.ListArray.from_arrays(arr.offsets.cast(pa.int32())
-                                         if pa.types.is_large_list(arr.type) else arr.offsets,
-                                         values)
+        lists = pa.ListArray.from_arrays(
+            arr.offsets.cast(pa.int32()) if pa.types.is_large_list(arr.type) else arr.offsets,
+            values,
+        )
         lists = pc.if_else(arr.is_null(), pa.nulls(len(arr), lists.type), lists)
     else:
         strings, _ = _as_string(arr)
         if delimiter:
             lists = pc.split_pattern(strings, pattern=delimiter)
         else:
-            lists = pa.ListArray.from_arrays(pa.array(np.arange(len(strings) + 1, dtype=np.int32)),
-                                             strings)
+            lists = pa.ListArray.from_arrays(
+                pa.array(np.arange(len(strings) + 1, dtype=np.int32)), strings
+            )
     lists = pc.fill_null(lists, pa.scalar([], lists.type))
     parents = pc.list_parent_indices(lists)
     values = pc.utf8_trim_whitespace(lists.flatten())
     keep = pc.and_kleene(pc.is_valid(values), pc.greater(pc.utf8_length(values), 0))
     keep = pc.fill_null(keep, False)
     values, parents = pc.filter(values, keep), pc.filter(parents, keep)
-    counts = np.bincount(parents.to_numpy(), minlength=len(lists)) if len(parents) else \
-        np.zeros(len(lists), np.int64)
+    counts = (
+        np.bincount(parents.to_numpy(), minlength=len(lists))
+        if len(parents)
+        else np.zeros(len(lists), np.int64)
+    )
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
@@ -445,8 +543,9 @@ def split_of(keys: pa.Array, eval_fraction: float) -> np.ndarray:
     """True for rows that go to eval: Fingerprint64(key) mod 10000 < fraction * 10000."""
     import tensorflow as tf
 
-    buckets = tf.strings.to_hash_bucket_fast(keys.to_numpy(zero_copy_only=False),
-                                             _SPLIT_BUCKETS).numpy()
+    buckets = tf.strings.to_hash_bucket_fast(
+        keys.to_numpy(zero_copy_only=False), _SPLIT_BUCKETS
+    ).numpy()
     return buckets < int(round(eval_fraction * _SPLIT_BUCKETS))
 
 
@@ -501,7 +600,8 @@ class ValidateAndSplit(beam.DoFn):
         if self._for_analysis:
             split = pa.nulls(len(text), pa.string())
             yield pa.RecordBatch.from_arrays(
-                [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False))
+                [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False)
+            )
             return
         if spec.id_column:
             keys, _ = _as_string(pc.filter(batch.column(spec.id_column), good))
@@ -514,7 +614,8 @@ class ValidateAndSplit(beam.DoFn):
         stats["labels"] = _label_counts(labels, split)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
         yield pa.RecordBatch.from_arrays(
-            [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False))
+            [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False)
+        )
 
 
 def _label_counts(labels: pa.ListArray, split: pa.Array) -> dict:

@@ -82,8 +82,9 @@ def tokenize(normalized: tf.Tensor) -> tf.RaggedTensor:
 def _batch_counts(batch: tuple) -> pa.Table:
     """One analyzer batch, (unique tokens, their counts) as ndarrays -> an Arrow table."""
     tokens, counts = batch
-    return pa.table({"token": pa.array(tokens, type=pa.binary()),
-                     "count": pa.array(counts, type=pa.int64())})
+    return pa.table(
+        {"token": pa.array(tokens, type=pa.binary()), "count": pa.array(counts, type=pa.int64())}
+    )
 
 
 def _sum_counts(tables: list[pa.Table]) -> pa.Table:
@@ -178,8 +179,9 @@ def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings):
             output_asset_default_values=[b"__dummy_value__"],
             name="token_vocabulary",
         )
-        return tft.apply_vocabulary(tokens, vocab_path, num_oov_buckets=settings.num_oov_buckets,
-                                    file_format="text")
+        return tft.apply_vocabulary(
+            tokens, vocab_path, num_oov_buckets=settings.num_oov_buckets, file_format="text"
+        )
     return tft.compute_and_apply_vocabulary(
         tokens,
         top_k=settings.max_tokens or None,
@@ -202,7 +204,9 @@ def make_preprocessing_fn(settings: TextSettings):
         raw_label = inputs[RAW_LABEL_KEY]
         label_vocab = tft.vocabulary(raw_label, vocab_filename=LABEL_VOCAB_NAME)
         if settings.multi_label:
-            num_classes = tf.cast(tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME), tf.int32)
+            num_classes = tf.cast(
+                tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME), tf.int32
+            )
             class_ids = tft.apply_vocabulary(raw_label, label_vocab)
             class_ids = tf.RaggedTensor.from_sparse(class_ids)
             multi_hot = tf.reduce_sum(tf.one_hot(class_ids, depth=num_classes), axis=1)

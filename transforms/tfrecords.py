@@ -43,10 +43,14 @@ class SplitAndEncode(beam.DoFn):
         ids = features.column(TOKEN_IDS_KEY).flatten().to_numpy()
         lengths = features.column(NUM_TOKENS_KEY).flatten().to_numpy()
         values, counts = np.unique(lengths, return_counts=True)
-        yield beam.pvalue.TaggedOutput(STATS_TAG, {
-            "id_histogram": np.bincount(ids),
-            "length_histogram": dict(zip(values.tolist(), counts.tolist())),
-            "rows_written": {s: int((split == s).sum()) for s in SPLITS}})
+        yield beam.pvalue.TaggedOutput(
+            STATS_TAG,
+            {
+                "id_histogram": np.bincount(ids),
+                "length_histogram": dict(zip(values.tolist(), counts.tolist())),
+                "rows_written": {s: int((split == s).sum()) for s in SPLITS},
+            },
+        )
         for name in SPLITS:
             mask = split == name
             if mask.any():
@@ -98,8 +102,9 @@ class _BatchedTFRecordSink(tfrecordio._TFRecordSink):
     """
 
     def open(self, temp_path):
-        return _FastGzipWriter(FileSystems.create(temp_path, self.mime_type,
-                                                  CompressionTypes.UNCOMPRESSED))
+        return _FastGzipWriter(
+            FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED)
+        )
 
     def write_record(self, file_handle, value):
         file_handle.write(frame_records(value))
@@ -135,8 +140,13 @@ class WriteBatchedTFRecords(beam.PTransform):
     def __init__(self, file_path_prefix: str, file_name_suffix: str):
         super().__init__()
         self._sink = _BatchedTFRecordSink(
-            file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix=file_name_suffix,
-            num_shards=0, shard_name_template=None, compression_type=CompressionTypes.UNCOMPRESSED)
+            file_path_prefix,
+            coder=beam.coders.BytesCoder(),
+            file_name_suffix=file_name_suffix,
+            num_shards=0,
+            shard_name_template=None,
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        )
 
     def expand(self, pcoll):
         return pcoll | beam.io.iobase.Write(self._sink)
@@ -172,5 +182,9 @@ def length_quantiles(histogram: dict, qs=(0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99,
     counts = np.array([histogram[k] if k in histogram else histogram[str(k)] for k in lengths])
     cum = np.cumsum(counts)
     total = cum[-1]
-    return {f"p{int(q * 100)}": int(lengths[min(np.searchsorted(cum, q * total, side="left"),
-                                                 len(lengths) - 1)]) for q in qs}
+    return {
+        f"p{int(q * 100)}": int(
+            lengths[min(np.searchsorted(cum, q * total, side="left"), len(lengths) - 1)]
+        )
+        for q in qs
+    }

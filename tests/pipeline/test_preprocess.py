@@ -19,8 +19,13 @@ def corpus(n: int = 240) -> list[dict]:
     rows = []
     for i in range(n):
         words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 9)]
-        rows.append({"doc_id": i, "body": " ".join(words) + f" doc{i}",
-                     "topic": ["sports", "politics", "science"][i % 3]})
+        rows.append(
+            {
+                "doc_id": i,
+                "body": " ".join(words) + f" doc{i}",
+                "topic": ["sports", "politics", "science"][i % 3],
+            }
+        )
     return rows
 
 
@@ -45,8 +50,18 @@ def parquet_run(tmp_path_factory):
     rows[8]["topic"] = ""
     path = tmp / "corpus.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=50)
-    argv = ["--input", str(path), "--text_column", "body", "--label_column", "topic",
-            "--sequence_length", "6", "--eval_fraction", "0.25"]
+    argv = [
+        "--input",
+        str(path),
+        "--text_column",
+        "body",
+        "--label_column",
+        "topic",
+        "--sequence_length",
+        "6",
+        "--eval_fraction",
+        "0.25",
+    ]
     first = run(tmp, "first", argv)
     second = run(tmp, "second", argv)
     return rows, first, second
@@ -109,7 +124,8 @@ def test_split_is_the_same_on_a_rerun_and_near_the_eval_fraction(parquet_run):
         assert a == b
     assert 0.12 < stats_of(first)["rows_written"]["eval"] / 236 < 0.38
     assert read_lines(f"{first}/transform_fn/assets/token_vocab") == read_lines(
-        f"{second}/transform_fn/assets/token_vocab")
+        f"{second}/transform_fn/assets/token_vocab"
+    )
 
 
 @pytest.mark.slow
@@ -126,8 +142,11 @@ def test_csv_with_multiline_text_bad_bytes_malformed_rows_and_numeric_labels(tmp
     assert code == 0
     stats = stats_of(out)
     assert stats["rows_read"] == 63
-    assert stats["dead_letter_reasons"] == {"text is not valid UTF-8": 1, "text is empty": 1,
-                                            "malformed CSV row": 1}
+    assert stats["dead_letter_reasons"] == {
+        "text is not valid UTF-8": 1,
+        "text is empty": 1,
+        "malformed CSV row": 1,
+    }
     assert sum(stats["rows_written"].values()) == 60
     assert stats["token_length_quantiles"]["p50"] == 7  # the newline inside quotes is text
     assert sorted(json.load(open(f"{out}/{CONFIG_FILE}"))["label_vocabulary"]) == ["0", "1"]
@@ -139,35 +158,65 @@ def test_jsonl_multi_label_lists_become_multi_hot_and_bad_lines_are_dead_lettere
     label_sets = [["a"], ["a", "b"], [], ["c", "a"]]
     with open(path, "w") as f:
         for i in range(40):
-            f.write(json.dumps({"text": f"{WORDS[i % 12]} {WORDS[(i + 1) % 12]}",
-                                "tags": label_sets[i % 4], "extra": {"x": i}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "text": f"{WORDS[i % 12]} {WORDS[(i + 1) % 12]}",
+                        "tags": label_sets[i % 4],
+                        "extra": {"x": i},
+                    }
+                )
+                + "\n"
+            )
         f.write("{not json\n")
-    code, out = run(tmp_path, "out", ["--input", str(path), "--label_column", "tags",
-                                      "--multi_label", "--sequence_length", "4"])
+    code, out = run(
+        tmp_path,
+        "out",
+        ["--input", str(path), "--label_column", "tags", "--multi_label", "--sequence_length", "4"],
+    )
     assert code == 0
     stats = stats_of(out)
     assert stats["rows_read"] == 41 and stats["dead_letter_reasons"] == {"invalid JSON line": 1}
     vocab = read_lines(f"{out}/transform_fn/assets/label_vocab")
     assert vocab == ["a", "c", "b"]  # a:30, then c and b (10 each, ties by bytes descending)
-    hot = collections.Counter(tuple(e["labels"]) for s in ("train", "eval")
-                              for e in read_examples(out, s))
-    assert hot == {(1.0, 0.0, 0.0): 10, (1.0, 0.0, 1.0): 10, (0.0, 0.0, 0.0): 10,
-                   (1.0, 1.0, 0.0): 10}
+    hot = collections.Counter(
+        tuple(e["labels"]) for s in ("train", "eval") for e in read_examples(out, s)
+    )
+    assert hot == {
+        (1.0, 0.0, 0.0): 10,
+        (1.0, 0.0, 1.0): 10,
+        (0.0, 0.0, 0.0): 10,
+        (1.0, 1.0, 0.0): 10,
+    }
 
 
 @pytest.mark.slow
 def test_delimited_label_strings_in_multi_label_mode(tmp_path):
     path = tmp_path / "corpus.csv"
-    rows = ["text,labels"] + [f"{WORDS[i % 12]} x,{'news|tech' if i % 2 else ' tech '}"
-                              for i in range(30)]
+    rows = ["text,labels"] + [
+        f"{WORDS[i % 12]} x,{'news|tech' if i % 2 else ' tech '}" for i in range(30)
+    ]
     path.write_text("\n".join(rows) + "\n")
-    code, out = run(tmp_path, "out", ["--input", str(path), "--label_column", "labels",
-                                      "--multi_label", "--label_delimiter", "|",
-                                      "--sequence_length", "3"])
+    code, out = run(
+        tmp_path,
+        "out",
+        [
+            "--input",
+            str(path),
+            "--label_column",
+            "labels",
+            "--multi_label",
+            "--label_delimiter",
+            "|",
+            "--sequence_length",
+            "3",
+        ],
+    )
     assert code == 0
     assert read_lines(f"{out}/transform_fn/assets/label_vocab") == ["tech", "news"]
-    hot = collections.Counter(tuple(e["labels"]) for s in ("train", "eval")
-                              for e in read_examples(out, s))
+    hot = collections.Counter(
+        tuple(e["labels"]) for s in ("train", "eval") for e in read_examples(out, s)
+    )
     assert hot == {(1.0, 1.0): 15, (1.0, 0.0): 15}
 
 
@@ -177,16 +226,20 @@ def test_missing_column_is_refused_before_any_work_with_exit_2(tmp_path, capsys)
     code, out = run(tmp_path, "out", ["--input", str(path)])
     assert code == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
-    assert err == (f"textclf preprocess: text column 'text' not found in {path}; columns are: "
-                   "id, txt, label")
+    assert err == (
+        f"textclf preprocess: text column 'text' not found in {path}; columns are: id, txt, label"
+    )
     assert not os.path.exists(out)
     assert not [p for p in os.listdir(tmp_path) if "inprogress" in p]
 
 
-@pytest.mark.parametrize("table,argv,message", [
-    (pa.table({"text": [1, 2], "label": ["a", "b"]}), [], "holds int64, not text"),
-    (pa.table({"text": ["x", "y"], "label": [["a"], ["b"]]}), [], "pass --multi_label"),
-])
+@pytest.mark.parametrize(
+    "table,argv,message",
+    [
+        (pa.table({"text": [1, 2], "label": ["a", "b"]}), [], "holds int64, not text"),
+        (pa.table({"text": ["x", "y"], "label": [["a"], ["b"]]}), [], "pass --multi_label"),
+    ],
+)
 def test_unusable_column_types_are_refused_with_exit_2(tmp_path, capsys, table, argv, message):
     path = tmp_path / "c.parquet"
     pq.write_table(table, path)

@@ -16,26 +16,34 @@ from transforms.text_preprocessing import TextSettings, make_preprocessing_fn, o
 
 def _batch(texts, labels, multi_label=False):
     one = lambda values: pa.array([[v] for v in values], pa.list_(pa.string()))  # noqa: E731
-    label_array = (pa.array(labels, pa.list_(pa.string())) if multi_label else one(labels))
-    return pa.RecordBatch.from_arrays([one(texts), label_array, one(["train"] * len(texts))],
-                                      schema=tft_input_schema(multi_label))
+    label_array = pa.array(labels, pa.list_(pa.string())) if multi_label else one(labels)
+    return pa.RecordBatch.from_arrays(
+        [one(texts), label_array, one(["train"] * len(texts))], schema=tft_input_schema(multi_label)
+    )
 
 
 def analyze_and_transform(texts, labels, settings: TextSettings):
     """Run the real preprocessing_fn; return (rows as dicts, token vocabulary, label vocabulary)."""
     out_dir = tempfile.mkdtemp()
-    with beam.Pipeline() as p, tft_beam.Context(temp_dir=f"{out_dir}/tmp",
-                                                passthrough_keys={SPLIT_KEY}):
+    with (
+        beam.Pipeline() as p,
+        tft_beam.Context(temp_dir=f"{out_dir}/tmp", passthrough_keys={SPLIT_KEY}),
+    ):
         data = p | beam.Create([_batch(texts, labels, settings.multi_label)])
         adapter = _tensor_adapter_config(settings.multi_label)
-        (transformed, _), transform_fn = ((data, adapter) | tft_beam.AnalyzeAndTransformDataset(
-            make_preprocessing_fn(settings), output_record_batches=True))
+        (transformed, _), transform_fn = (data, adapter) | tft_beam.AnalyzeAndTransformDataset(
+            make_preprocessing_fn(settings), output_record_batches=True
+        )
         _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
-        _ = (transformed | beam.Map(lambda b: json.dumps(b[0].to_pylist()))
-             | beam.io.WriteToText(f"{out_dir}/rows", shard_name_template=""))
+        _ = (
+            transformed
+            | beam.Map(lambda b: json.dumps(b[0].to_pylist()))
+            | beam.io.WriteToText(f"{out_dir}/rows", shard_name_template="")
+        )
     vocab = open(f"{out_dir}/transform_fn/assets/token_vocab", encoding="utf-8").read().split("\n")
-    labels_vocab = open(f"{out_dir}/transform_fn/assets/label_vocab",
-                        encoding="utf-8").read().split("\n")
+    labels_vocab = (
+        open(f"{out_dir}/transform_fn/assets/label_vocab", encoding="utf-8").read().split("\n")
+    )
     rows = [row for line in open(f"{out_dir}/rows", encoding="utf-8") for row in json.loads(line)]
     return rows, [v for v in vocab if v], [v for v in labels_vocab if v]
 
@@ -54,8 +62,10 @@ def test_vocabulary_is_most_frequent_first_with_ties_by_token_descending(seq3):
     rows, vocab, _ = seq3
     # a:5, b:3, c:3, then the count-1 tokens; ties ordered by the token's bytes, descending.
     assert vocab[:3] == ["a", "c", "b"]
-    assert vocab[3:] == sorted(vocab[3:], key=lambda t: (-sum(
-        x.lower().split().count(t) for x in TEXTS), [-c for c in t.encode()]))
+    assert vocab[3:] == sorted(
+        vocab[3:],
+        key=lambda t: (-sum(x.lower().split().count(t) for x in TEXTS), [-c for c in t.encode()]),
+    )
 
 
 def test_ids_start_at_one_and_padding_is_zero_and_long_texts_are_truncated(seq3):
@@ -83,7 +93,8 @@ def test_label_vocabulary_and_single_label_ids(seq3):
 def test_multi_label_rows_become_multi_hot_and_may_have_no_label():
     labels = [["x", "y"], ["y"], [], ["x", "x"], ["z"], ["y", "z"]]
     rows, _, label_vocab = analyze_and_transform(
-        TEXTS, labels, TextSettings(sequence_length=2, multi_label=True))
+        TEXTS, labels, TextSettings(sequence_length=2, multi_label=True)
+    )
     for row, names in zip(rows, labels):
         assert row["labels"] == [1.0 if c in names else 0.0 for c in label_vocab]
     assert rows[2]["labels"] == [0.0] * len(label_vocab)
@@ -102,15 +113,18 @@ def test_fast_vocabulary_matches_tf_transform_textbook_path(max_tokens, min_freq
 
 
 def test_order_vocabulary_thresholds_before_top_k():
-    counts = pa.table({"token": pa.array([b"a", b"b", b"c", b"d"]),
-                       "count": pa.array([5, 1, 3, 3], pa.int64())})
+    counts = pa.table(
+        {"token": pa.array([b"a", b"b", b"c", b"d"]), "count": pa.array([5, 1, 3, 3], pa.int64())}
+    )
     assert order_vocabulary(counts, max_tokens=2, min_frequency=1) == [b"a", b"d"]
     assert order_vocabulary(counts, max_tokens=0, min_frequency=3) == [b"a", b"d", b"c"]
 
 
 def test_strip_punctuation_turns_unicode_punctuation_and_symbols_into_spaces():
-    rows, vocab, _ = analyze_and_transform(["hi, there! ¿qué? 5$ e-mail"], ["x"],
-                                           TextSettings(sequence_length=6,
-                                                        strip_punctuation=True))
+    rows, vocab, _ = analyze_and_transform(
+        ["hi, there! ¿qué? 5$ e-mail"],
+        ["x"],
+        TextSettings(sequence_length=6, strip_punctuation=True),
+    )
     assert sorted(vocab) == sorted(["hi", "there", "qué", "5", "e", "mail"])
     assert TEXT_KEY and RAW_LABEL_KEY  # keys come from contracts
