@@ -77,7 +77,11 @@ class PreprocessOptions(PipelineOptions):
             choices=("auto", "csv", "jsonl", "parquet"),
             help="input format (default: from each file's extension)",
         )
-        parser.add_argument("--csv_delimiter", default=",", help="CSV field delimiter")
+        parser.add_argument(
+            "--csv_delimiter",
+            default=None,
+            help="CSV field delimiter (default: a tab for .tsv files, else a comma)",
+        )
         parser.add_argument(
             "--multi_label",
             action="store_true",

@@ -75,7 +75,7 @@ class CorpusSpec:
     multi_label: bool = False
     label_delimiter: str | None = None
     eval_fraction: float = 0.1
-    csv_delimiter: str = ","
+    csv_delimiter: str | None = None  # None: a tab for .tsv files, a comma otherwise
 
     @property
     def columns(self) -> list[str]:
@@ -98,9 +98,16 @@ def format_for(path: str, explicit: str | None = None) -> str:
     return _EXTENSIONS[ext]
 
 
-def _csv_options(spec: CorpusSpec, columns: list[str]):
+def csv_delimiter_for(path: str, spec: CorpusSpec) -> str:
+    if spec.csv_delimiter:
+        return spec.csv_delimiter
+    name = path[:-3] if path.endswith(".gz") else path
+    return "\t" if name.lower().endswith(".tsv") else ","
+
+
+def _csv_options(spec: CorpusSpec, columns: list[str], path: str):
     read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
-    parse = pacsv.ParseOptions(delimiter=spec.csv_delimiter, newlines_in_values=True)
+    parse = pacsv.ParseOptions(delimiter=csv_delimiter_for(path, spec), newlines_in_values=True)
     # Text and labels stay bytes here so a bad byte fails one row (dead letter), not the file.
     convert = pacsv.ConvertOptions(
         include_columns=columns,
@@ -134,7 +141,7 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
         read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
         # Malformed rows are the reader's business (dead letters), not a reason to refuse the file.
         parse = pacsv.ParseOptions(
-            delimiter=spec.csv_delimiter,
+            delimiter=csv_delimiter_for(path, spec),
             newlines_in_values=True,
             invalid_row_handler=lambda row: "skip",
         )
@@ -261,7 +268,7 @@ class _ReadDelimitedFile(beam.DoFn):
         path = readable.metadata.path
         columns = self._spec.columns
         if self._fmt == "csv":
-            read, parse, convert = _csv_options(self._spec, columns)
+            read, parse, convert = _csv_options(self._spec, columns, path)
             bad_rows = []
 
             def on_invalid_row(row):

@@ -252,3 +252,20 @@ def test_missing_input_file_is_refused_with_exit_2(tmp_path, capsys):
     code, _ = run(tmp_path, "out", ["--input", str(tmp_path / "nope-*.csv")])
     assert code == EXIT_BAD_INPUT
     assert "no input file matches" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tsv_files_are_split_on_tabs_and_odd_column_names_work(tmp_path):
+    path = tmp_path / "corpus.tsv"
+    rows = ["Ünïcode label\tBody Text"] + [
+        f"{'ham' if i % 2 else 'spam'}\thello, world {WORDS[i % 12]}" for i in range(40)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    code, out = run(
+        tmp_path,
+        "out",
+        ["--input", str(path), "--text_column", "Body Text", "--label_column", "Ünïcode label"],
+    )
+    assert code == 0
+    assert stats_of(out)["rows_read"] == 40
+    assert sorted(read_lines(f"{out}/transform_fn/assets/label_vocab")) == ["ham", "spam"]
