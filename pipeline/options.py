@@ -55,3 +55,28 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
     )
     return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+
+
+def run_and_log_counters(p: beam.Pipeline, logger, namespaces: tuple[str, ...]) -> None:
+    """Run the pipeline, wait for it, and log the Beam counters of `namespaces` (progress a
+    person can follow; the numbers of record are in each stage's stats.json)."""
+    result = p.run()
+    result.wait_until_finish()
+    try:
+        metrics = result.metrics().query()
+    except Exception:  # noqa: BLE001 - a runner without metrics support must not fail the job
+        return
+    for counter in metrics.get("counters", []):
+        if counter.key.metric.namespace in namespaces:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            logger.info("counter %s: %s", counter.key.metric.name, value)
+    for dist in metrics.get("distributions", []):
+        value = dist.committed if dist.committed is not None else dist.attempted
+        if dist.key.metric.namespace in namespaces and value is not None and value.count:
+            logger.info(
+                "distribution %s: count %d, mean %.1f, max %s",
+                dist.key.metric.name,
+                value.count,
+                value.mean,
+                value.max,
+            )

@@ -23,13 +23,14 @@ import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
-from pipeline.options import allow_shared_flags, make_pipeline
+from pipeline.options import allow_shared_flags, make_pipeline, run_and_log_counters
 from transforms.contracts import (
     CONFIG_FILE,
     DEAD_LETTER_PREFIX,
     EVAL,
     EXIT_BAD_INPUT,
     LABEL_VOCAB_NAME,
+    PREPROCESS_METRICS,
     RAW_LABEL_KEY,
     SPLIT_KEY,
     SPLITS,
@@ -439,7 +440,7 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     try:
         p = make_pipeline(beam_options, threads_by_default=True)
         build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir, finalize_args)
-        p.run().wait_until_finish()
+        run_and_log_counters(p, _LOG, (PREPROCESS_METRICS,))
     except BaseException:
         outputs.discard(staging)
         raise

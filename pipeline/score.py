@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
-from pipeline.options import allow_shared_flags, make_pipeline
+from pipeline.options import allow_shared_flags, make_pipeline, run_and_log_counters
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
@@ -39,6 +39,7 @@ from transforms.contracts import (
 from transforms.scoring import (
     DEAD_LETTER_TAG,
     DEFAULT_BATCH_SIZE,
+    METRICS_NAMESPACE,
     ScoreRecordBatches,
     ScoringModel,
     SummarizeTables,
@@ -379,7 +380,7 @@ def score(
             threshold,
             header,
         )
-        p.run().wait_until_finish()
+        run_and_log_counters(p, _LOG, (METRICS_NAMESPACE,))
     except BaseException:
         outputs.discard(staging)
         raise

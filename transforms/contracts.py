@@ -75,5 +75,8 @@ REASON_LABEL_NOT_UTF8 = "label is not valid UTF-8"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.html"
 
+# Beam metrics namespace of the preprocess stage (counters logged at the end of a run).
+PREPROCESS_METRICS = "textclf.preprocess"
+
 # Exit code for bad input detected before any pipeline work.
 EXIT_BAD_INPUT = 2

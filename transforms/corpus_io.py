@@ -27,10 +27,12 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
 from transforms.contracts import (
     EVAL,
+    PREPROCESS_METRICS,
     RAW_LABEL_KEY,
     REASON_LABEL_MISSING,
     REASON_LABEL_NOT_UTF8,
@@ -566,6 +568,8 @@ class ValidateAndSplit(beam.DoFn):
     def __init__(self, spec: CorpusSpec, for_analysis: bool = False):
         self._spec = spec
         self._for_analysis = for_analysis
+        self._rows_read = Metrics.counter(PREPROCESS_METRICS, "rows_read")
+        self._rows_dead = Metrics.counter(PREPROCESS_METRICS, "rows_dead_lettered")
 
     def process(self, batch: pa.RecordBatch):
         spec = self._spec
@@ -593,6 +597,9 @@ class ValidateAndSplit(beam.DoFn):
             labels = _singletons(pc.fill_null(label_str, ""))
         bad = ~np.equal(reasons, None)
         stats = {"rows_read": n, "dead_lettered": {}}
+        if not self._for_analysis:
+            self._rows_read.inc(n)
+            self._rows_dead.inc(int(bad.sum()))
         if bad.any() and not self._for_analysis:
             bad_idx = np.flatnonzero(bad)
             rows = _select(batch, spec.columns).take(pa.array(bad_idx)).to_pylist()

@@ -20,9 +20,16 @@ import pyarrow as pa
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from tfx_bsl.coders import example_coder
 
-from transforms.contracts import NUM_TOKENS_KEY, SPLIT_KEY, SPLITS, TOKEN_IDS_KEY
+from transforms.contracts import (
+    NUM_TOKENS_KEY,
+    PREPROCESS_METRICS,
+    SPLIT_KEY,
+    SPLITS,
+    TOKEN_IDS_KEY,
+)
 
 STATS_TAG = "stats"
 _crc32c = tfrecordio._default_crc32c_fn  # Beam's own choice: google-crc32c, snappy or crcmod
@@ -35,6 +42,11 @@ class SplitAndEncode(beam.DoFn):
     two, and every transformed batch would be pickled between them. The OOV count is derived at
     the end from the id histogram instead.
     """
+
+    def __init__(self):
+        self._written = {
+            s: Metrics.counter(PREPROCESS_METRICS, f"rows_written_{s}") for s in SPLITS
+        }
 
     def process(self, element):
         batch = element[0] if isinstance(element, tuple) else element
@@ -54,6 +66,7 @@ class SplitAndEncode(beam.DoFn):
         for name in SPLITS:
             mask = split == name
             if mask.any():
+                self._written[name].inc(int(mask.sum()))
                 part = features.filter(pa.array(mask)) if not mask.all() else features
                 yield beam.pvalue.TaggedOutput(name, example_coder.RecordBatchToExamples(part))
 
