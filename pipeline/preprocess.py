@@ -314,7 +314,8 @@ def build_pipeline(
     # Each source is combined where it is produced (a lifted combine); flattening the per-batch
     # dicts first would make the runner hold all of them until the end.
     partial_counts = [
-        pcoll | f"MergeStats[{name}]" >> beam.CombineGlobally(tfrecords.merge_stats)
+        pcoll
+        | f"MergeStats[{name}]" >> beam.CombineGlobally(tfrecords.merge_stats).without_defaults()
         for name, pcoll in (
             ("read", rows[corpus_io.STATS_TAG]),
             ("write", encoded[tfrecords.STATS_TAG]),
