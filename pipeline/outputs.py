@@ -56,15 +56,38 @@ def read_json(path: str):
     return json.loads(read_text(path))
 
 
+def _files_under(prefix: str) -> list[str]:
+    """Every object below `prefix/` on an object store (where 'directories' are prefixes)."""
+    return [m.path for m in FileSystems.match([prefix.rstrip("/") + "/**"])[0].metadata_list]
+
+
+def _delete_tree(path: str) -> None:
+    """Delete a directory, or on an object store every object under it, `_SUCCESS` first."""
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    files = _files_under(path)
+    files.sort(key=lambda f: not f.endswith("/" + SUCCESS_FILE))
+    if files:
+        FileSystems.delete(files)
+
+
 def discard(staging: str) -> None:
     """Remove a staging directory after a failure (best effort)."""
     try:
-        if is_local(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-        elif FileSystems.exists(staging):
-            FileSystems.delete([staging])
+        _delete_tree(staging)
     except Exception:  # noqa: BLE001 - cleanup must not hide the original error
         pass
+
+
+def completed_at(path: str) -> str | None:
+    """The UTC ISO timestamp `finalize` wrote into `path/_SUCCESS`, or None if absent."""
+    success = FileSystems.join(path, SUCCESS_FILE)
+    return read_text(success).strip() if FileSystems.exists(success) else None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat()
 
 
 def finalize(staging: str, out: str) -> None:
@@ -72,7 +95,7 @@ def finalize(staging: str, out: str) -> None:
     out = out.rstrip("/")
     if is_local(out):
         success = os.path.join(staging, SUCCESS_FILE)
-        write_text(success, _dt.datetime.now(_dt.UTC).isoformat() + "\n")
+        write_text(success, now() + "\n")
         old = None
         if os.path.exists(out):
             old = f"{out}.replaced-{uuid.uuid4().hex[:8]}"
@@ -84,9 +107,8 @@ def finalize(staging: str, out: str) -> None:
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return
-    if FileSystems.exists(out):
-        FileSystems.delete([out])
-    sources = [m.path for m in FileSystems.match([staging.rstrip("/") + "/**"])[0].metadata_list]
+    _delete_tree(out)  # the old _SUCCESS goes first, so the old output stops looking complete
+    sources = _files_under(staging)
     FileSystems.rename(sources, [out + s[len(staging.rstrip("/")) :] for s in sources])
-    write_text(FileSystems.join(out, SUCCESS_FILE), _dt.datetime.now(_dt.UTC).isoformat() + "\n")
+    write_text(FileSystems.join(out, SUCCESS_FILE), now() + "\n")
     discard(staging)

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -183,8 +184,11 @@ def check_settings(opts: PreprocessOptions) -> None:
 
     if opts.sequence_length < 1:
         raise CorpusError("--sequence_length must be at least 1")
-    if opts.max_tokens < 0 or opts.min_frequency < 1 or opts.num_oov_buckets < 0:
-        raise CorpusError("--max_tokens >= 0, --min_frequency >= 1, --num_oov_buckets >= 0")
+    if opts.max_tokens < 0 or opts.min_frequency < 1:
+        raise CorpusError("--max_tokens must be >= 0 (0: no cap) and --min_frequency >= 1")
+    if opts.num_oov_buckets < 1:
+        # With none, tf.Transform maps unknown tokens to -1, which the +1 shift makes padding.
+        raise CorpusError("--num_oov_buckets must be at least 1 (unknown tokens need an id)")
     if not 0.0 <= opts.eval_fraction < 1.0:
         raise CorpusError("--eval_fraction must be in [0, 1)")
     if opts.label_delimiter and not opts.multi_label:
@@ -396,12 +400,11 @@ def finalize(
         # A bug guard, not a data problem: never publish an output that lost rows.
         raise RuntimeError(
             f"rows do not add up: read {rows_read}, written {written_rows}, "
-            f"dead-lettered {sum(dead.values())}; output left in {staging}"
+            f"dead-lettered {sum(dead.values())}; nothing was published"
         )
     outputs.write_json(f"{staging}/{STATS_FILE}", stats)
     outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
-    if tft_temp:
-        outputs.discard(tft_temp)
+    outputs.discard(tft_temp)
     outputs.finalize(staging, output_dir)
 
 
@@ -420,7 +423,14 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
     temp_location = beam_options.view_as(
         beam.options.pipeline_options.GoogleCloudOptions
     ).temp_location
-    temp_dir = f"{temp_location.rstrip('/')}/tft" if temp_location else f"{staging}/_tft_tmp"
+    # One folder per run: tf.Transform writes named vocabularies there without a run id, so two
+    # jobs sharing --temp_location would otherwise read each other's label vocabulary.
+    run_id = uuid.uuid4().hex
+    temp_dir = (
+        f"{temp_location.rstrip('/')}/textclf-tft-{run_id}"
+        if temp_location
+        else f"{staging}/_tft_tmp"
+    )
     config = dict(
         input=list(opts.input),
         files=sorted(files),
@@ -436,18 +446,22 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         settings=settings,
         config=config,
         started=time.time(),
-        tft_temp=None if temp_location else temp_dir,
+        tft_temp=temp_dir,
     )
+    started = outputs.now()
     try:
         p = make_pipeline(beam_options, threads_by_default=True)
         build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir, finalize_args)
         run_and_log_counters(p, _LOG, (PREPROCESS_METRICS,))
     except BaseException:
         outputs.discard(staging)
+        outputs.discard(temp_dir)
         raise
-    if not outputs.is_complete(opts.output_dir):
+    finished = outputs.completed_at(opts.output_dir)
+    if finished is None or finished < started:
         # A template launch (or any runner that returns before the job ends): the job itself
-        # finalizes the output; there is nothing to read back here yet.
+        # finalizes the output; there is nothing of this run's to read back here yet (an older
+        # output may still be there).
         _LOG.info("preprocess: job submitted; %s appears when it finishes", opts.output_dir)
         return {"submitted": True, "output_dir": opts.output_dir}
     stats = outputs.read_json(f"{opts.output_dir}/{STATS_FILE}")

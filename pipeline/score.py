@@ -286,7 +286,7 @@ def _check_counts(staging: str, stats: dict) -> None:
     if stats["rows_read"] != stats["rows_scored"] + stats["rows_dead_lettered"]:
         raise RuntimeError(
             f"row accounting failed: read {stats['rows_read']}, scored {stats['rows_scored']}, "
-            f"dead-lettered {stats['rows_dead_lettered']}; output left in {staging}"
+            f"dead-lettered {stats['rows_dead_lettered']}; nothing was published"
         )
     for key, prefix in (
         ("rows_scored", SCORED_PART_PREFIX),
@@ -296,7 +296,7 @@ def _check_counts(staging: str, stats: dict) -> None:
         if stats[key] != n:
             raise RuntimeError(
                 f"{key} is {stats[key]} but the {prefix}-* files hold {n} rows; "
-                f"output left in {staging}"
+                "nothing was published"
             )
 
 
@@ -366,6 +366,7 @@ def score(
     }
     options = PipelineOptions(list(beam_args or []))
     staging = outputs.staging_dir(output)
+    started = outputs.now()
     try:
         p = make_pipeline(options)
         build_pipeline(
@@ -384,9 +385,11 @@ def score(
     except BaseException:
         outputs.discard(staging)
         raise
-    if not outputs.is_complete(output):
+    finished = outputs.completed_at(output)
+    if finished is None or finished < started:
         # A template launch (or any runner that returns before the job ends): the job itself
-        # finalizes the output; there is nothing to read back here yet.
+        # finalizes the output; there is nothing of this run's to read back here yet (an older
+        # output may still be there).
         _LOG.info("score: job submitted; %s appears when it finishes", output)
         return {"submitted": True, "output": output}
     stats = outputs.read_json(FileSystems.join(output, STATS_FILE))

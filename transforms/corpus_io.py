@@ -14,6 +14,7 @@ This module owns the file formats and row-level validity; the split rule is a st
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -121,15 +123,12 @@ def _csv_options(spec: CorpusSpec, columns: list[str], path: str):
 
 
 def _open(path: str):
-    compression = "gzip" if path.endswith(".gz") else "uncompressed"
-    from apache_beam.io.filesystem import CompressionTypes
+    """A readable binary file object; `.gz` files are decompressed on the fly.
 
-    return FileSystems.open(
-        path,
-        compression_type=CompressionTypes(compression)
-        if compression == "gzip"
-        else CompressionTypes.UNCOMPRESSED,
-    )
+    gzip.GzipFile rather than Beam's CompressedFile, which pyarrow's readers take for closed.
+    """
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
 
 
 def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
@@ -323,7 +322,8 @@ class _ReadDelimitedFile(beam.DoFn):
     def _read_jsonl_by_line(self, path, columns, skip):
         rows, seen = [], 0
         with _open(path) as f:
-            for number, raw in enumerate(f, start=1):
+            # Beam's compressed files have readline but are not iterable.
+            for number, raw in enumerate(iter(f.readline, b""), start=1):
                 if not raw.strip():
                     continue
                 seen += 1

@@ -123,9 +123,12 @@ class _BatchedTFRecordSink(tfrecordio._TFRecordSink):
         file_handle.write(frame_records(value))
 
 
+_pack_u32 = struct.Struct("<I").pack
+
+
 def _masked_crc(data: bytes) -> bytes:
     crc = _crc32c(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+    return _pack_u32((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
 def frame_records(records: list[bytes]) -> bytes:

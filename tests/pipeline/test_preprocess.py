@@ -269,3 +269,29 @@ def test_tsv_files_are_split_on_tabs_and_odd_column_names_work(tmp_path):
     assert code == 0
     assert stats_of(out)["rows_read"] == 40
     assert sorted(read_lines(f"{out}/transform_fn/assets/label_vocab")) == ["ham", "spam"]
+
+
+@pytest.mark.slow
+def test_gzipped_jsonl_with_a_bad_line_is_read_line_by_line_with_a_dead_letter(tmp_path):
+    import gzip
+
+    path = tmp_path / "corpus.jsonl.gz"
+    lines = [
+        json.dumps({"text": f"{WORDS[i % 12]} words", "label": "ab"[i % 2]}) for i in range(30)
+    ]
+    lines.insert(10, "{broken")
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    code, out = run(tmp_path, "out", ["--input", str(path), "--sequence_length", "3"])
+    assert code == 0
+    stats = stats_of(out)
+    assert stats["rows_read"] == 31
+    assert stats["dead_letter_reasons"] == {"invalid JSON line": 1}
+    assert sum(stats["rows_written"].values()) == 30
+
+
+def test_zero_oov_buckets_is_refused_because_unknown_tokens_need_an_id(tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\nhello,a\n")
+    code, _ = run(tmp_path, "out", ["--input", str(path), "--num_oov_buckets", "0"])
+    assert code == EXIT_BAD_INPUT
+    assert "--num_oov_buckets must be at least 1" in capsys.readouterr().err
