@@ -128,7 +128,21 @@ def _open(path: str):
     gzip.GzipFile rather than Beam's CompressedFile, which pyarrow's readers take for closed.
     """
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+    return _GzipReader(raw) if path.endswith(".gz") else raw
+
+
+class _GzipReader(gzip.GzipFile):
+    """gzip.GzipFile that also closes the file it reads from (GzipFile leaves it open)."""
+
+    def __init__(self, raw):
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
 
 
 def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
