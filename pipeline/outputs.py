@@ -80,10 +80,11 @@ def discard(staging: str) -> None:
         pass
 
 
-def completed_at(path: str) -> str | None:
-    """The UTC ISO timestamp `finalize` wrote into `path/_SUCCESS`, or None if absent."""
+def completed_since(path: str, started: str) -> bool:
+    """True when `path` was finalized at or after `started` (a `now()` timestamp): that run's
+    output, not an older complete one. `finalize` writes its UTC ISO time into `_SUCCESS`."""
     success = FileSystems.join(path, SUCCESS_FILE)
-    return read_text(success).strip() if FileSystems.exists(success) else None
+    return FileSystems.exists(success) and read_text(success).strip() >= started
 
 
 def now() -> str:

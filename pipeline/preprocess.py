@@ -214,7 +214,7 @@ def _tensor_adapter_config(multi_label: bool):
         else dense(RAW_LABEL_KEY)
     )
     return tensor_adapter.TensorAdapterConfig(
-        tft_input_schema(multi_label), {TEXT_KEY: dense(TEXT_KEY), RAW_LABEL_KEY: label}
+        tft_input_schema(), {TEXT_KEY: dense(TEXT_KEY), RAW_LABEL_KEY: label}
     )
 
 
@@ -457,8 +457,7 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         outputs.discard(staging)
         outputs.discard(temp_dir)
         raise
-    finished = outputs.completed_at(opts.output_dir)
-    if finished is None or finished < started:
+    if not outputs.completed_since(opts.output_dir, started):
         # A template launch (or any runner that returns before the job ends): the job itself
         # finalizes the output; there is nothing of this run's to read back here yet (an older
         # output may still be there).

@@ -385,8 +385,7 @@ def score(
     except BaseException:
         outputs.discard(staging)
         raise
-    finished = outputs.completed_at(output)
-    if finished is None or finished < started:
+    if not outputs.completed_since(output, started):
         # A template launch (or any runner that returns before the job ends): the job itself
         # finalizes the output; there is nothing of this run's to read back here yet (an older
         # output may still be there).

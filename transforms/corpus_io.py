@@ -481,8 +481,11 @@ class ReadCorpus(beam.PTransform):
         }
 
 
-def tft_input_schema(multi_label: bool) -> pa.Schema:
-    """The Arrow schema of ValidateAndSplit's output, which tf.Transform's adapter reads."""
+def tft_input_schema() -> pa.Schema:
+    """The Arrow schema of ValidateAndSplit's output, which tf.Transform's adapter reads.
+
+    Labels are list<string> for single- and multi-label data alike; the tensor representation
+    (dense scalar or sparse) is what differs, chosen in pipeline/preprocess.py."""
     return pa.schema(
         [
             (TEXT_KEY, pa.list_(pa.string())),
@@ -628,7 +631,7 @@ class ValidateAndSplit(beam.DoFn):
         if self._for_analysis:
             split = pa.nulls(len(text), pa.string())
             yield pa.RecordBatch.from_arrays(
-                [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False)
+                [_singletons(text), labels, _singletons(split)], schema=tft_input_schema()
             )
             return
         if spec.id_column:
@@ -642,7 +645,7 @@ class ValidateAndSplit(beam.DoFn):
         stats["labels"] = _label_counts(labels, split)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
         yield pa.RecordBatch.from_arrays(
-            [_singletons(text), labels, _singletons(split)], schema=tft_input_schema(False)
+            [_singletons(text), labels, _singletons(split)], schema=tft_input_schema()
         )
 
 

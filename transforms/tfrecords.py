@@ -30,8 +30,8 @@ from transforms.contracts import (
     SPLITS,
     TOKEN_IDS_KEY,
 )
+from transforms.corpus_io import STATS_TAG
 
-STATS_TAG = "stats"
 _crc32c = tfrecordio._default_crc32c_fn  # Beam's own choice: google-crc32c, snappy or crcmod
 
 

@@ -18,7 +18,7 @@ def _batch(texts, labels, multi_label=False):
     one = lambda values: pa.array([[v] for v in values], pa.list_(pa.string()))  # noqa: E731
     label_array = pa.array(labels, pa.list_(pa.string())) if multi_label else one(labels)
     return pa.RecordBatch.from_arrays(
-        [one(texts), label_array, one(["train"] * len(texts))], schema=tft_input_schema(multi_label)
+        [one(texts), label_array, one(["train"] * len(texts))], schema=tft_input_schema()
     )
 
 
