@@ -9,7 +9,9 @@ the same graph and the same asset:
   `tft.experimental.ptransform_analyzer`, as Arrow tables (group_by) instead of tf.Transform's
   per-token Python combine;
   the ids come from `tft.apply_vocabulary` over that file, an asset of the graph.
-* textbook: `tft.compute_and_apply_vocabulary`, kept to prove the fast path gives identical
+  The label vocabulary is counted the same way (the textbook path's `tft.vocabulary` counts
+  labels one by one in Python and adds about ten Beam stages).
+* textbook: `tft.compute_and_apply_vocabulary` and `tft.vocabulary`, kept to prove the fast path gives identical
   output (tests) and to measure against (benchmarks).
 
 Both order the vocabulary as tf.Transform does: count descending, ties broken by the token's
@@ -130,7 +132,7 @@ def order_vocabulary(counts: pa.Table, max_tokens: int, min_frequency: int) -> l
 
 
 class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
-    """A tf.Transform analyzer: per-batch (unique tokens, counts) -> the vocabulary file's path.
+    """A tf.Transform analyzer: per-batch (unique values, counts) -> the vocabulary file's path.
 
     Input elements are tuples of ndarrays, as tf.Transform hands them to `ptransform_analyzer`;
     each batch is already reduced in the graph (`tf.unique_with_counts`, as tf.Transform's own
@@ -168,19 +170,63 @@ class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
         )
 
 
-def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings):
-    if settings.fast_vocabulary:
-        unique, _, counts = tf.unique_with_counts(tokens.flat_values)
-        (vocab_path,) = tft.experimental.ptransform_analyzer(
-            inputs=[unique, tf.cast(counts, tf.int64)],
-            ptransform=CountTokensAndWriteVocabulary(settings.max_tokens, settings.min_frequency),
-            output_dtypes=[tf.string],
-            output_shapes=[[]],
-            output_asset_default_values=[b"__dummy_value__"],
-            name="token_vocabulary",
+# What tf.Transform's text vocabularies leave out: empty strings and anything with a line break
+# (tensorflow_transform.analyzers._EMPTY_STRING_OR_NEWLINE_CHARS_REGEX); one per line otherwise.
+_NOT_A_VOCABULARY_LINE = r"^$|\C*[\n\r]\C*"
+
+
+def _batch_reduce(values: tf.Tensor, may_break_lines: bool) -> list[tf.Tensor]:
+    """A batch's distinct values and their counts (the vocabulary analyzers' inputs)."""
+    if may_break_lines:
+        values = tf.boolean_mask(
+            values, tf.logical_not(tf.strings.regex_full_match(values, _NOT_A_VOCABULARY_LINE))
         )
+    unique, _, counts = tf.unique_with_counts(values)
+    return [unique, tf.cast(counts, tf.int64)]
+
+
+def fast_vocabulary(
+    values: tf.Tensor,
+    name: str,
+    top_k: int = 0,
+    min_frequency: int = 1,
+    may_break_lines: bool = True,
+):
+    """The vocabulary of a flat string tensor, counted per batch in the graph and summed by
+    `CountTokensAndWriteVocabulary`: returns the vocabulary file's path (a graph tensor).
+
+    Same file as `tft.vocabulary(values, top_k, frequency_threshold, vocab_filename=name)`.
+    `may_break_lines=False` skips tf.Transform's filter of empty and multi-line values (a regex
+    over every value) for values that cannot be either, such as whitespace-split tokens.
+    """
+    (path,) = tft.experimental.ptransform_analyzer(
+        inputs=_batch_reduce(values, may_break_lines),
+        ptransform=CountTokensAndWriteVocabulary(top_k, min_frequency, filename=name),
+        output_dtypes=[tf.string],
+        output_shapes=[[]],
+        output_asset_default_values=[b"__dummy_value__"],
+        name=name,
+    )
+    return path
+
+
+def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings) -> tf.RaggedTensor:
+    """Vocabulary ids (0-based, OOV buckets after the vocabulary) of each row's tokens.
+
+    The fast path looks up only the first `sequence_length` tokens of a row (the rest are cut
+    anyway); the textbook path is `tft.compute_and_apply_vocabulary` as written in its guide.
+    """
+    if settings.fast_vocabulary:
+        vocab_path = fast_vocabulary(
+            tokens.flat_values,
+            TOKEN_VOCAB_NAME,
+            top_k=settings.max_tokens,
+            min_frequency=settings.min_frequency,
+            may_break_lines=False,
+        )
+        kept = tokens[:, : settings.sequence_length]
         return tft.apply_vocabulary(
-            tokens, vocab_path, num_oov_buckets=settings.num_oov_buckets, file_format="text"
+            kept, vocab_path, num_oov_buckets=settings.num_oov_buckets, file_format="text"
         )
     return tft.compute_and_apply_vocabulary(
         tokens,
@@ -189,6 +235,52 @@ def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings):
         num_oov_buckets=settings.num_oov_buckets,
         vocab_filename=TOKEN_VOCAB_NAME,
     )
+
+
+class CountDistinct(beam.PTransform):
+    """A tf.Transform analyzer: per-batch (unique values, counts) -> how many distinct values.
+
+    The size of a vocabulary counted by `fast_vocabulary` (without top_k or a frequency
+    threshold); a constant in the final graph, so shapes that depend on it are static.
+    """
+
+    def expand(self, pcoll):
+        return (
+            pcoll
+            | "BatchCounts" >> beam.Map(_batch_counts)
+            | "SumCounts" >> beam.CombineGlobally(_SumTokenCounts())
+            | "Size" >> beam.Map(lambda counts: np.int64(counts.num_rows))
+        )
+
+
+def _multi_hot(class_ids: tf.SparseTensor, num_classes: tf.Tensor) -> tf.Tensor:
+    """[batch, num_classes] float 0/1 from each row's class ids (-1: not a class)."""
+    hot = tf.one_hot(tf.RaggedTensor.from_sparse(class_ids), depth=tf.cast(num_classes, tf.int32))
+    return tf.minimum(tf.reduce_sum(hot, axis=1), 1.0)
+
+
+def _labels(raw_label, settings: TextSettings) -> dict:
+    """The label outputs: class id (single-label) or multi-hot vector (multi-label)."""
+    if not settings.fast_vocabulary:
+        vocab = tft.vocabulary(raw_label, vocab_filename=LABEL_VOCAB_NAME)
+        class_ids = tft.apply_vocabulary(raw_label, vocab)
+        if not settings.multi_label:
+            return {LABEL_KEY: class_ids}
+        num_classes = tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME)
+        return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
+    values = raw_label.values if isinstance(raw_label, tf.SparseTensor) else raw_label
+    values = tf.reshape(values, [-1])
+    class_ids = tft.apply_vocabulary(raw_label, fast_vocabulary(values, LABEL_VOCAB_NAME))
+    if not settings.multi_label:
+        return {LABEL_KEY: class_ids}
+    (num_classes,) = tft.experimental.ptransform_analyzer(
+        inputs=_batch_reduce(values, may_break_lines=True),
+        ptransform=CountDistinct(),
+        output_dtypes=[tf.int64],
+        output_shapes=[[]],
+        name="num_classes",
+    )
+    return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
 
 
 def make_preprocessing_fn(settings: TextSettings):
@@ -201,18 +293,7 @@ def make_preprocessing_fn(settings: TextSettings):
             TOKEN_IDS_KEY: ids.to_tensor(default_value=0, shape=[None, settings.sequence_length]),
             NUM_TOKENS_KEY: tokens.row_lengths(),
         }
-        raw_label = inputs[RAW_LABEL_KEY]
-        label_vocab = tft.vocabulary(raw_label, vocab_filename=LABEL_VOCAB_NAME)
-        if settings.multi_label:
-            num_classes = tf.cast(
-                tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME), tf.int32
-            )
-            class_ids = tft.apply_vocabulary(raw_label, label_vocab)
-            class_ids = tf.RaggedTensor.from_sparse(class_ids)
-            multi_hot = tf.reduce_sum(tf.one_hot(class_ids, depth=num_classes), axis=1)
-            outputs[LABELS_KEY] = tf.minimum(multi_hot, 1.0)
-        else:
-            outputs[LABEL_KEY] = tft.apply_vocabulary(raw_label, label_vocab)
+        outputs.update(_labels(inputs[RAW_LABEL_KEY], settings))
         return outputs
 
     return preprocessing_fn

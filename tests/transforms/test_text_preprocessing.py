@@ -112,6 +112,21 @@ def test_fast_vocabulary_matches_tf_transform_textbook_path(max_tokens, min_freq
     assert fast[2] == textbook[2]
 
 
+def test_fast_label_vocabulary_matches_textbook_for_multi_label_and_odd_names():
+    """Labels counted by the fast analyzer (vocabulary file and number of classes) give the same
+    multi-hot rows as tft.vocabulary, including a name with a line break, which both leave out."""
+    texts = ["a b", "b c", "c d", "d e", "e f", "f g"]
+    labels = [["x", "y"], ["y"], [], ["z", "x"], ["two\nlines", "y"], ["é"]]
+    settings = dict(sequence_length=3, multi_label=True)
+    fast = analyze_and_transform(texts, labels, TextSettings(fast_vocabulary=True, **settings))
+    textbook = analyze_and_transform(
+        texts, labels, TextSettings(fast_vocabulary=False, **settings)
+    )
+    assert fast[2] == textbook[2] == ["y", "x", "é", "z"]  # ties: bytes descending
+    assert fast[0] == textbook[0]
+    assert [len(row["labels"]) for row in fast[0]] == [4] * len(texts)
+
+
 def test_order_vocabulary_thresholds_before_top_k():
     counts = pa.table(
         {"token": pa.array([b"a", b"b", b"c", b"d"]), "count": pa.array([5, 1, 3, 3], pa.int64())}
