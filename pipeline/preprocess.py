@@ -231,17 +231,11 @@ def _vocabulary_size(transform_fn_dir: str) -> int:
         return sum(1 for line in f.read().split(b"\n") if line)
 
 
-def _dead_letter_json(record: dict) -> str:
-    return json.dumps(
-        record,
-        ensure_ascii=False,
-        sort_keys=True,
-        default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
-    )
-
-
 def _parse_error_stats(record: dict) -> dict:
     return {"rows_read": 1, "dead_lettered": {record["reason"]: 1}}
+
+
+BUNDLES_DIR = "_bundle_files"  # in the staging dir: each bundle's file, until Finalize names them
 
 
 def build_pipeline(
@@ -254,8 +248,14 @@ def build_pipeline(
     temp_dir: str,
     finalize_args: dict,
 ) -> None:
-    """The stage's graph: read twice (analyze, transform: nothing held in memory), write,
-    then `finalize` (stats.json, preprocess_config.json, move into place, _SUCCESS)."""
+    """The stage's graph: read twice (analyze, transform: nothing held in memory), write each
+    bundle's records to its own file, then `finalize` (name the files, stats.json,
+    preprocess_config.json, move into place, _SUCCESS).
+
+    Every write and statistic is produced inside the transform pass's fused stage; the only
+    stages after it are the statistics' combines and Finalize, whose side inputs are all of
+    them (so it runs last, inside the job).
+    """
     import tensorflow_transform.beam as tft_beam
 
     from transforms import corpus_io, tfrecords
@@ -293,71 +293,73 @@ def build_pipeline(
     encoded = transformed | "SplitAndEncode" >> beam.ParDo(tfrecords.SplitAndEncode()).with_outputs(
         TRAIN, EVAL, tfrecords.STATS_TAG
     )
-    written = [transform_fn_written]
+    bundles = f"{staging}/{BUNDLES_DIR}"
+    side = {"transform_fn": beam.pvalue.AsList(transform_fn_written)}
     for split in SPLITS:
-        written.append(
+        side[f"files_{split}"] = beam.pvalue.AsList(
             encoded[split]
             | f"Write[{split}]"
-            >> tfrecords.WriteBatchedTFRecords(
-                f"{staging}/{split}", file_name_suffix=TFRECORD_SUFFIX
+            >> beam.ParDo(
+                tfrecords.WriteBundleFiles(f"{bundles}/{split}", tfrecords.tfrecord_batch, True)
             )
         )
-    dead = (
-        raw[corpus_io.DEAD_LETTER_TAG],
-        rows[corpus_io.DEAD_LETTER_TAG],
-    ) | "FlattenDeadLetters" >> beam.Flatten()
-    written.append(
-        dead
-        | "DeadLetterToJson" >> beam.Map(_dead_letter_json)
-        | "WriteDeadLetters"
-        >> beam.io.WriteToText(f"{staging}/{DEAD_LETTER_PREFIX}", file_name_suffix=".jsonl")
-    )
-    parse_errors = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> beam.Map(
-        _parse_error_stats
-    )
+    # Dead letters are written where they are found (no Flatten, which would cut the fused
+    # stages), and so are counted: by the reader (unparseable rows) and by ValidateAndSplit.
+    dead_sources = {"invalid": rows[corpus_io.DEAD_LETTER_TAG]}
+    stats_sources = {"read": rows[corpus_io.STATS_TAG], "write": encoded[tfrecords.STATS_TAG]}
+    if corpus_io.DEAD_LETTER_TAG in raw:
+        dead_sources["unparsed"] = raw[corpus_io.DEAD_LETTER_TAG]
+        stats_sources["unparsed"] = raw[corpus_io.DEAD_LETTER_TAG] | "CountParseErrors" >> (
+            beam.Map(_parse_error_stats)
+        )
+    for name, pcoll in dead_sources.items():
+        side[f"dead_letter_files_{name}"] = beam.pvalue.AsList(
+            pcoll
+            | f"WriteDeadLetters[{name}]"
+            >> beam.ParDo(
+                tfrecords.WriteBundleFiles(f"{bundles}/dead_letter", tfrecords.json_line, False)
+            )
+        )
     # Each source is combined where it is produced (a lifted combine); flattening the per-batch
     # dicts first would make the runner hold all of them until the end.
-    partial_counts = [
-        pcoll
-        | f"MergeStats[{name}]" >> beam.CombineGlobally(tfrecords.merge_stats).without_defaults()
-        for name, pcoll in (
-            ("read", rows[corpus_io.STATS_TAG]),
-            ("write", encoded[tfrecords.STATS_TAG]),
-            ("parse_errors", parse_errors),
+    for name, pcoll in stats_sources.items():
+        side[f"stats_{name}"] = beam.pvalue.AsList(
+            pcoll
+            | f"MergeStats[{name}]"
+            >> beam.CombineGlobally(tfrecords.merge_stats).without_defaults()
         )
-    ]
-    counts = (
-        partial_counts
-        | "FlattenStats" >> beam.Flatten()
-        | "MergeStats" >> beam.CombineGlobally(tfrecords.merge_stats)
-    )
     # The last step runs once every write has finished (its side inputs are their results), so
     # the output is finalized by the job itself: a Dataflow/Flex Template launch that returns
     # before the job ends still gets a complete directory with _SUCCESS last.
-    writes = {f"written_{i}": beam.pvalue.AsList(w) for i, w in enumerate(written)}
     _ = (
         p
         | "Once" >> beam.Create([None])
-        | "Finalize"
-        >> beam.Map(finalize, beam.pvalue.AsSingleton(counts), **finalize_args, **writes)
+        | "Finalize" >> beam.Map(finalize, **finalize_args, **side)
     )
+
+
+def _side(side: dict, prefix: str) -> list:
+    return [item for key, items in sorted(side.items()) if key.startswith(prefix) for item in items]
 
 
 def finalize(
     _,
-    counts: dict,
     staging: str,
     output_dir: str,
     settings,
     config: dict,
     started: float,
     tft_temp: str | None,
-    **written,
+    **side,
 ) -> None:
-    """The job's last step: turn the merged counts into stats.json, write the config, and move
-    the staging directory into place with _SUCCESS last."""
-    from transforms.tfrecords import length_quantiles
+    """The job's last step: check that every row is in a file or dead-lettered, give the bundle
+    files their shard names, write stats.json and the config, and move the staging directory
+    into place with _SUCCESS last. `side` holds the side inputs `build_pipeline` names."""
+    from transforms.tfrecords import length_quantiles, merge_stats, publish_bundle_files
 
+    counts = merge_stats(_side(side, "stats_"))
+    split_files = {split: side[f"files_{split}"] for split in SPLITS}
+    dead_files = _side(side, "dead_letter_files_")
     transform_dir = f"{staging}/{TRANSFORM_FN_DIR}"
     vocab_size = _vocabulary_size(transform_dir)
     label_vocabulary = [
@@ -373,12 +375,15 @@ def finalize(
     window = int(ids[1:].sum())  # every id but padding, in the first sequence_length tokens
     oov = int(ids[vocab_size + 1 :].sum())
     elapsed = time.time() - started
+    in_files = {s: sum(n for _, n in split_files[s]) for s in SPLITS}
     stats = {
         "rows_read": rows_read,
         "rows_written": written_rows,
         "rows_dead_lettered": sum(dead.values()),
         "dead_letter_reasons": dead,
-        "rows_accounted": rows_read == sum(written_rows.values()) + sum(dead.values()),
+        "rows_accounted": rows_read == sum(written_rows.values()) + sum(dead.values())
+        and in_files == written_rows
+        and sum(n for _, n in dead_files) == sum(dead.values()),
         "label_counts": counts.get("labels", {}),
         "token_length_quantiles": length_quantiles(histogram),
         "rows_truncated": sum(v for k, v in histogram.items() if k > settings.sequence_length),
@@ -399,9 +404,14 @@ def finalize(
     if not stats["rows_accounted"]:
         # A bug guard, not a data problem: never publish an output that lost rows.
         raise RuntimeError(
-            f"rows do not add up: read {rows_read}, written {written_rows}, "
-            f"dead-lettered {sum(dead.values())}; nothing was published"
+            f"rows do not add up: read {rows_read}, counted as written {written_rows} "
+            f"(in files: {in_files}), dead-lettered {sum(dead.values())} "
+            f"(in files: {sum(n for _, n in dead_files)}); nothing was published"
         )
+    for split in SPLITS:
+        publish_bundle_files(split_files[split], f"{staging}/{split}", TFRECORD_SUFFIX, gzip=True)
+    publish_bundle_files(dead_files, f"{staging}/{DEAD_LETTER_PREFIX}", ".jsonl", gzip=False)
+    outputs.discard(f"{staging}/{BUNDLES_DIR}")  # what is left: files of retried bundles
     outputs.write_json(f"{staging}/{STATS_FILE}", stats)
     outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
     outputs.discard(tft_temp)

@@ -434,7 +434,8 @@ class ReadCorpus(beam.PTransform):
     Parquet files are read row group by row group (the unit Beam's own Parquet source splits
     on), CSV and JSONL file by file with pyarrow's streaming readers; both hand on record
     batches of at most `batch_rows` rows (CSV/JSONL: one 4 MiB block), so memory is bounded by
-    a batch, not a file. Returns a dict of PCollections: 'batches' and DEAD_LETTER_TAG.
+    a batch, not a file. Returns a dict of PCollections: 'batches' and, when there are CSV or
+    JSONL files, DEAD_LETTER_TAG (rows that could not be parsed).
     """
 
     def __init__(self, spec: CorpusSpec, files: dict[str, str], batch_rows: int = 4096):
@@ -473,12 +474,13 @@ class ReadCorpus(beam.PTransform):
             )
             batches.append(read.batches)
             dead.append(read[DEAD_LETTER_TAG])
-        return {
+        out = {
             "batches": batches
-            | "FlattenBatches" >> beam.Flatten().with_output_types(pa.RecordBatch),
-            DEAD_LETTER_TAG: (dead or [pbegin | "NoParseErrors" >> beam.Create([])])
-            | "FlattenParseErrors" >> beam.Flatten(),
+            | "FlattenBatches" >> beam.Flatten().with_output_types(pa.RecordBatch)
         }
+        if dead:  # only CSV/JSONL files have rows that cannot be parsed
+            out[DEAD_LETTER_TAG] = dead | "FlattenParseErrors" >> beam.Flatten()
+        return out
 
 
 def tft_input_schema() -> pa.Schema:

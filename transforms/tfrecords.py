@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import struct
+import uuid
 import zlib
 
 import apache_beam as beam
@@ -21,6 +23,7 @@ from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from tfx_bsl.coders import example_coder
 
 from transforms.contracts import (
@@ -106,23 +109,6 @@ class _FastGzipWriter:
             self._raw.close()
 
 
-class _BatchedTFRecordSink(tfrecordio._TFRecordSink):
-    """Beam's TFRecord sink, fed a list of records per element: one framed write per batch.
-
-    Written by hand because WriteToTFRecord takes one element per record, and the per-element
-    cost of Beam (windowed values, one compressor call each) was a large part of the stage's
-    time; the framing itself is Beam's own `_TFRecordUtil.write_record`.
-    """
-
-    def open(self, temp_path):
-        return _FastGzipWriter(
-            FileSystems.create(temp_path, self.mime_type, CompressionTypes.UNCOMPRESSED)
-        )
-
-    def write_record(self, file_handle, value):
-        file_handle.write(frame_records(value))
-
-
 _pack_u32 = struct.Struct("<I").pack
 
 
@@ -150,22 +136,88 @@ def frame_records(records: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-class WriteBatchedTFRecords(beam.PTransform):
-    """PCollection[list[bytes]] -> sharded gzipped TFRecord files `<prefix>-SSSSS-of-NNNNN<suffix>`."""
+def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int]:
+    """A list of serialized records -> (their TFRecord framing, how many)."""
+    return frame_records(records), len(records)
 
-    def __init__(self, file_path_prefix: str, file_name_suffix: str):
-        super().__init__()
-        self._sink = _BatchedTFRecordSink(
-            file_path_prefix,
-            coder=beam.coders.BytesCoder(),
-            file_name_suffix=file_name_suffix,
-            num_shards=0,
-            shard_name_template=None,
-            compression_type=CompressionTypes.UNCOMPRESSED,
-        )
 
-    def expand(self, pcoll):
-        return pcoll | beam.io.iobase.Write(self._sink)
+def json_line(record: dict) -> tuple[bytes, int]:
+    """A dict -> (one JSON line, 1); keys sorted, bytes decoded as UTF-8 (bad bytes replaced)."""
+    line = json.dumps(
+        record,
+        ensure_ascii=False,
+        sort_keys=True,
+        default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
+    )
+    return (line + "\n").encode("utf-8"), 1
+
+
+class WriteBundleFiles(beam.DoFn):
+    """Writes the elements of each bundle into one new file under `temp_dir` and, when the
+    bundle finishes, emits (that file's path, records in it); `publish_bundle_files` later gives
+    the files their final shard names.
+
+    This is what Beam's file sinks do (a temp file per bundle, renamed once the writes are
+    done), without their four extra stages per output (DoOnce, GroupByKey, PreFinalize,
+    FinalizeWrite), which on the local runners cost about as much as the writing itself on
+    jobs of a few hundred thousand rows. A bundle that fails and is retried leaves an orphan
+    file behind; only emitted paths (committed bundles) are published, and the temp folder is
+    deleted with the orphans. Written by hand: `encode(element) -> (bytes, records)` frames the
+    data; `gzip` compresses at level 1 in a background thread (`_FastGzipWriter`).
+    """
+
+    def __init__(self, temp_dir: str, encode, gzip: bool):
+        self._temp_dir = temp_dir
+        self._encode = encode
+        self._gzip = gzip
+        self._file = None
+
+    def start_bundle(self):
+        self._file, self._path, self._records = None, None, 0
+
+    def process(self, element):
+        data, records = self._encode(element)
+        if self._file is None:
+            self._path = FileSystems.join(self._temp_dir, uuid.uuid4().hex)
+            self._file = _open_for_write(self._path, self._gzip)
+        self._file.write(data)
+        self._records += records
+
+    def finish_bundle(self):
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        yield GlobalWindows.windowed_value((self._path, self._records))
+
+    def teardown(self):
+        if self._file is not None:  # a failed bundle: close what it opened (it stays an orphan)
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001, S110 - already failing; that error is the one
+                pass
+
+
+def _open_for_write(path: str, gzip: bool):
+    raw = FileSystems.create(path, "application/octet-stream", CompressionTypes.UNCOMPRESSED)
+    return _FastGzipWriter(raw) if gzip else raw
+
+
+def publish_bundle_files(
+    written: list[tuple[str, int]], prefix: str, suffix: str, gzip: bool
+) -> list[str]:
+    """Rename the files `WriteBundleFiles` emitted to `<prefix>-SSSSS-of-NNNNN<suffix>` (ordered
+    by path, so names do not depend on which bundle finished first). With none, one empty
+    file is written, as Beam's sinks do, so that `<prefix>-*` always matches."""
+    if not written:
+        target = f"{prefix}-00000-of-00001{suffix}"
+        _open_for_write(target, gzip).close()
+        return [target]
+    sources = sorted(path for path, _ in written)
+    n = len(sources)
+    targets = [f"{prefix}-{i:05d}-of-{n:05d}{suffix}" for i in range(n)]
+    FileSystems.rename(sources, targets)
+    return targets
 
 
 def merge_stats(parts) -> dict:
