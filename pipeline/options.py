@@ -10,6 +10,7 @@ rather than clash: `allow_shared_flags`. `make_pipeline` picks the runner.
 from __future__ import annotations
 
 import argparse
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -17,6 +18,15 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     StandardOptions,
 )
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+
+class _DropInMemoryWorkersWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "direct_running_mode should be" not in record.getMessage()
+
+
+_IN_MEMORY_WORKERS_WARNING = _DropInMemoryWorkersWarning()
 
 
 def allow_shared_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +46,22 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
     costs time, fails offline, and on a connected machine would run the job on another engine
     than the one tested; it then falls back to this same FnApiRunner. --direct_running_mode and
     --direct_num_workers are honoured either way. With `threads_by_default` and neither flag
-    given, the in-process runner uses one thread per core (`multi_threading`): worth it for a
-    stage whose work is mostly TensorFlow and Arrow, which release the GIL.
+    given, the runner works in process with one worker per core: `in_memory` mode with
+    direct_num_workers = cores runs each stage's bundles on that many threads, one embedded
+    SDK worker each, without the gRPC data plane of `multi_threading` (preprocess, 1.2M docs
+    on 2 cores: 17.8 s against 20.0 s; one worker: slower still). Beam logs a warning that
+    in_memory ignores direct_num_workers; for this Beam version it does not, so that warning
+    is dropped when the choice is ours.
     """
     if options.view_as(StandardOptions).runner is not None:
         return beam.Pipeline(options=options)
     given = options.get_all_options(drop_default=True)
     if threads_by_default and not {"direct_running_mode", "direct_num_workers"} & set(given):
         direct = options.view_as(DirectOptions)
-        direct.direct_running_mode = "multi_threading"
+        direct.direct_running_mode = "in_memory"
         direct.direct_num_workers = 0  # the runner reads 0 as one worker per core
+        logging.getLogger(fn_runner.__name__).addFilter(_IN_MEMORY_WORKERS_WARNING)
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())

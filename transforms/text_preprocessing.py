@@ -82,17 +82,29 @@ def tokenize(normalized: tf.Tensor) -> tf.RaggedTensor:
 
 
 def _batch_counts(batch: tuple) -> pa.Table:
-    """One analyzer batch, (unique tokens, their counts) as ndarrays -> an Arrow table."""
-    tokens, counts = batch
-    return pa.table(
-        {"token": pa.array(tokens, type=pa.binary()), "count": pa.array(counts, type=pa.int64())}
+    """One analyzer batch -> an Arrow table (token, count).
+
+    The batch is (the distinct tokens joined into one string, their byte lengths, their
+    counts), as `_batch_reduce` returns them: one bytes object and two numeric arrays, so
+    neither TensorFlow nor pyarrow makes a Python object per token (that took more time
+    than counting them); the joined string becomes the Arrow array's data buffer as it is.
+    """
+    joined, lengths, counts = batch
+    joined = joined.item() if isinstance(joined, np.ndarray) else joined
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(joined)]
     )
+    return pa.table({"token": tokens, "count": pa.array(counts, type=pa.int64())})
 
 
 def _sum_counts(tables: list[pa.Table]) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
     if not tables:
-        return pa.table({"token": pa.array([], pa.binary()), "count": pa.array([], pa.int64())})
+        return pa.table(
+            {"token": pa.array([], pa.large_binary()), "count": pa.array([], pa.int64())}
+        )
     if len(tables) == 1:
         return tables[0]
     merged = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum")])
@@ -176,13 +188,18 @@ _NOT_A_VOCABULARY_LINE = r"^$|\C*[\n\r]\C*"
 
 
 def _batch_reduce(values: tf.Tensor, may_break_lines: bool) -> list[tf.Tensor]:
-    """A batch's distinct values and their counts (the vocabulary analyzers' inputs)."""
+    """A batch's distinct values, joined into one string, with their lengths and counts (the
+    vocabulary analyzers' inputs; see `_batch_counts`)."""
     if may_break_lines:
         values = tf.boolean_mask(
             values, tf.logical_not(tf.strings.regex_full_match(values, _NOT_A_VOCABULARY_LINE))
         )
     unique, _, counts = tf.unique_with_counts(values)
-    return [unique, tf.cast(counts, tf.int64)]
+    return [
+        tf.strings.reduce_join(unique),
+        tf.strings.length(unique, unit="BYTE"),
+        tf.cast(counts, tf.int64),
+    ]
 
 
 def fast_vocabulary(
