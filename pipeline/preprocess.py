@@ -143,7 +143,7 @@ class PreprocessOptions(PipelineOptions):
         parser.add_argument(
             "--batch_rows",
             type=int,
-            default=4096,
+            default=8192,
             help="rows per record batch handed to tf.Transform",
         )
 

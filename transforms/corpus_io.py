@@ -438,7 +438,7 @@ class ReadCorpus(beam.PTransform):
     JSONL files, DEAD_LETTER_TAG (rows that could not be parsed).
     """
 
-    def __init__(self, spec: CorpusSpec, files: dict[str, str], batch_rows: int = 4096):
+    def __init__(self, spec: CorpusSpec, files: dict[str, str], batch_rows: int = 8192):
         super().__init__()
         self._spec = spec
         self._files = files
