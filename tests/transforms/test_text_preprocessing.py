@@ -119,9 +119,7 @@ def test_fast_label_vocabulary_matches_textbook_for_multi_label_and_odd_names():
     labels = [["x", "y"], ["y"], [], ["z", "x"], ["two\nlines", "y"], ["é"]]
     settings = dict(sequence_length=3, multi_label=True)
     fast = analyze_and_transform(texts, labels, TextSettings(fast_vocabulary=True, **settings))
-    textbook = analyze_and_transform(
-        texts, labels, TextSettings(fast_vocabulary=False, **settings)
-    )
+    textbook = analyze_and_transform(texts, labels, TextSettings(fast_vocabulary=False, **settings))
     assert fast[2] == textbook[2] == ["y", "x", "é", "z"]  # ties: bytes descending
     assert fast[0] == textbook[0]
     assert [len(row["labels"]) for row in fast[0]] == [4] * len(texts)
