@@ -76,6 +76,12 @@ def test_output_has_the_documented_layout_and_success_last(parquet_run):
     assert any(n.startswith("train-") and n.endswith(".tfrecord.gz") for n in names)
     assert any(n.startswith("eval-") and n.endswith(".tfrecord.gz") for n in names)
     assert any(n.startswith("dead_letter-") and n.endswith(".jsonl") for n in names)
+    assert preprocess.BUNDLES_DIR not in names  # bundle files were all renamed, orphans deleted
+    for split in ("train", "eval"):
+        shards = sorted(n for n in names if n.startswith(f"{split}-"))
+        assert shards == [
+            f"{split}-{i:05d}-of-{len(shards):05d}.tfrecord.gz" for i in range(len(shards))
+        ]
     siblings = os.listdir(os.path.dirname(out))
     assert not [s for s in siblings if "inprogress" in s]  # staging dirs are gone
     newest = max(os.path.getmtime(os.path.join(out, n)) for n in names if n != SUCCESS_FILE)

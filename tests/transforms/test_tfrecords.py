@@ -1,0 +1,80 @@
+"""Bundle files: written by a real Beam pipeline, read back with TensorFlow's TFRecord reader."""
+
+import glob
+import gzip
+import json
+import os
+
+import apache_beam as beam
+import tensorflow as tf
+
+from transforms.tfrecords import (
+    WriteBundleFiles,
+    json_line,
+    publish_bundle_files,
+    tfrecord_batch,
+)
+
+
+def _read_tfrecords(paths) -> list[bytes]:
+    return [r.numpy() for r in tf.data.TFRecordDataset(list(paths), compression_type="GZIP")]
+
+
+def _write_bundles(tmp_path, elements, encode, gzip_files) -> list[tuple[str, int]]:
+    """Run WriteBundleFiles over `elements`; return what it emitted (path, records)."""
+    temp = str(tmp_path / "bundles")
+    emitted = str(tmp_path / "emitted")
+    with beam.Pipeline() as p:
+        _ = (
+            p
+            | beam.Create(elements)
+            | beam.ParDo(WriteBundleFiles(temp, encode, gzip_files))
+            | beam.Map(json.dumps)
+            | beam.io.WriteToText(emitted, shard_name_template="")
+        )
+    with open(emitted) as f:
+        return [tuple(json.loads(line)) for line in f]
+
+
+def test_every_record_lands_in_an_emitted_gzip_tfrecord_file_and_only_those_are_published(
+    tmp_path,
+):
+    batches = [[b"a", b"bb"], [b"ccc"], [b"d" * 70_000, b""], [b"e"]]
+    written = _write_bundles(tmp_path, batches, tfrecord_batch, True)
+    assert sum(n for _, n in written) == 6
+    assert sorted(_read_tfrecords(p for p, _ in written)) == sorted(r for b in batches for r in b)
+
+    orphan = tmp_path / "bundles" / "left-by-a-retried-bundle"
+    orphan.write_bytes(gzip.compress(b"not published"))
+    out = tmp_path / "out"
+    out.mkdir()
+    names = publish_bundle_files(written, str(out / "train"), ".tfrecord.gz", gzip=True)
+    n = len(written)
+    assert [os.path.basename(x) for x in names] == [
+        f"train-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)
+    ]
+    assert sorted(glob.glob(str(out / "*"))) == sorted(names)
+    assert orphan.exists()  # left for the caller to delete with the temp folder
+    assert sorted(_read_tfrecords(names)) == sorted(r for b in batches for r in b)
+
+
+def test_no_records_still_publish_one_empty_readable_shard(tmp_path):
+    names = publish_bundle_files([], str(tmp_path / "eval"), ".tfrecord.gz", gzip=True)
+    assert [os.path.basename(x) for x in names] == ["eval-00000-of-00001.tfrecord.gz"]
+    assert _read_tfrecords(names) == []
+    (jsonl,) = publish_bundle_files([], str(tmp_path / "dead_letter"), ".jsonl", gzip=False)
+    assert os.path.getsize(jsonl) == 0
+
+
+def test_json_lines_bundle_files_keep_keys_sorted_and_bytes_readable(tmp_path):
+    records = [
+        {"reason": "text is empty", "row": {"text": b"", "label": "x"}},
+        {"reason": "label is missing", "row": {"text": "caf\u00e9", "label": None}},
+        {"reason": "text is not valid UTF-8", "row": {"text": b"bad \xff byte", "label": "y"}},
+    ]
+    written = _write_bundles(tmp_path, records, json_line, False)
+    lines = [line for path, _ in written for line in open(path, encoding="utf-8")]
+    assert sum(n for _, n in written) == len(lines) == 3
+    parsed = sorted((json.loads(line) for line in lines), key=lambda r: r["reason"])
+    assert [list(r) for r in parsed] == [["reason", "row"]] * 3
+    assert [r["row"]["text"] for r in parsed] == ["caf\u00e9", "", "bad \ufffd byte"]
