@@ -21,6 +21,7 @@ import uuid
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
@@ -218,10 +219,32 @@ def _tensor_adapter_config(multi_label: bool):
     )
 
 
-def _rebatch(batch, rows: int):
-    """Large blocks (CSV/JSONL) -> record batches of at most `rows` rows."""
-    for start in range(0, batch.num_rows, rows):
-        yield batch.slice(start, rows)
+# Text bytes per record batch, at most (a single longer row still makes its own batch): rows of
+# very long documents would otherwise make batches, and the graph's tensors, of gigabytes.
+MAX_BATCH_TEXT_BYTES = 32 << 20
+
+
+def _text_bytes(column) -> np.ndarray | None:
+    """Bytes of text per row, or None for a column type that has no byte length."""
+    try:
+        return pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return None
+
+
+def _rebatch(batch, rows: int, text_column: str, max_bytes: int = MAX_BATCH_TEXT_BYTES):
+    """Record batches of at most `rows` rows and `max_bytes` of text (CSV/JSONL come in 4 MiB
+    blocks, Parquet in `rows`-row batches of row groups)."""
+    sizes = _text_bytes(batch.column(text_column)) if text_column in batch.schema.names else None
+    ends = np.cumsum(sizes) if sizes is not None else None
+    start, n = 0, batch.num_rows
+    while start < n:
+        end = min(start + rows, n)
+        if ends is not None:
+            before = ends[start - 1] if start else 0
+            end = max(start + 1, min(end, int(np.searchsorted(ends, before + max_bytes, "right"))))
+        yield batch.slice(start, end - start)
+        start = end
 
 
 def _vocabulary_size(transform_fn_dir: str) -> int:
@@ -269,7 +292,9 @@ def build_pipeline(
         rows = (
             raw["batches"]
             | f"Rebatch[{label}]"
-            >> beam.FlatMap(_rebatch, batch_rows).with_output_types(pa.RecordBatch)
+            >> beam.FlatMap(_rebatch, batch_rows, spec.text_column).with_output_types(
+                pa.RecordBatch
+            )
             | f"ValidateAndSplit[{label}]"
             >> beam.ParDo(corpus_io.ValidateAndSplit(spec, for_analysis=label == "analyze"))
             .with_output_types(pa.RecordBatch)

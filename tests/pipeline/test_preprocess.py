@@ -301,3 +301,13 @@ def test_zero_oov_buckets_is_refused_because_unknown_tokens_need_an_id(tmp_path,
     code, _ = run(tmp_path, "out", ["--input", str(path), "--num_oov_buckets", "0"])
     assert code == EXIT_BAD_INPUT
     assert "--num_oov_buckets must be at least 1" in capsys.readouterr().err
+
+
+def test_batches_are_cut_by_rows_and_by_text_bytes_and_a_long_row_stands_alone():
+    batch = pa.record_batch(
+        {"body": ["a" * 10, "b" * 50, None, "c" * 5, "d" * 100, "e"], "topic": list("xyzxyz")}
+    )
+    pieces = list(preprocess._rebatch(batch, 4, "body", max_bytes=60))
+    assert [p.num_rows for p in pieces] == [3, 1, 1, 1]
+    assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([batch]))
+    assert [p.num_rows for p in preprocess._rebatch(batch, 4, "body")] == [4, 2]
