@@ -70,6 +70,7 @@ REASON_TEXT_NOT_STRING = "text is not a string"
 REASON_TEXT_NOT_UTF8 = "text is not valid UTF-8"
 REASON_LABEL_MISSING = "label is missing"
 REASON_LABEL_NOT_UTF8 = "label is not valid UTF-8"
+REASON_LABEL_LINE_BREAK = "label has a line break"  # a vocabulary file holds one name per line
 
 # Runs.
 MANIFEST_FILE = "manifest.json"

@@ -36,6 +36,7 @@ from transforms.contracts import (
     EVAL,
     PREPROCESS_METRICS,
     RAW_LABEL_KEY,
+    REASON_LABEL_LINE_BREAK,
     REASON_LABEL_MISSING,
     REASON_LABEL_NOT_UTF8,
     REASON_TEXT_EMPTY,
@@ -567,6 +568,13 @@ def _singletons(values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, values)
 
 
+def _has_line_break(names: pa.Array) -> np.ndarray:
+    """Label names with a line break inside: a vocabulary file (one name per line) cannot hold
+    them, and tf.Transform's vocabularies leave them out, which would leave the row unlabeled."""
+    found = pc.fill_null(pc.match_substring_regex(names, r"[\n\r]"), False)
+    return found.to_numpy(zero_copy_only=False)
+
+
 def split_of(keys: pa.Array, eval_fraction: float) -> np.ndarray:
     """True for rows that go to eval: Fingerprint64(key) mod 10000 < fraction * 10000."""
     import tensorflow as tf
@@ -605,6 +613,11 @@ class ValidateAndSplit(beam.DoFn):
         raw_label = batch.column(spec.label_column)
         if spec.multi_label:
             labels = _to_label_lists(raw_label, spec.label_delimiter)
+            broken = _has_line_break(labels.flatten())
+            rows_broken = np.bincount(
+                pc.list_parent_indices(labels).to_numpy()[broken], minlength=n
+            ).astype(bool)
+            reasons[rows_broken & np.equal(reasons, None)] = REASON_LABEL_LINE_BREAK
         else:
             label_str, bad_label = _as_string(raw_label)
             label_str = pc.utf8_trim_whitespace(label_str)
@@ -613,6 +626,7 @@ class ValidateAndSplit(beam.DoFn):
             no_reason = np.equal(reasons, None)
             reasons[missing & no_reason] = REASON_LABEL_MISSING
             reasons[bad_label & no_reason] = REASON_LABEL_NOT_UTF8
+            reasons[_has_line_break(label_str) & np.equal(reasons, None)] = REASON_LABEL_LINE_BREAK
             labels = _singletons(pc.fill_null(label_str, ""))
         bad = ~np.equal(reasons, None)
         stats = {"rows_read": n, "dead_lettered": {}}

@@ -311,3 +311,26 @@ def test_batches_are_cut_by_rows_and_by_text_bytes_and_a_long_row_stands_alone()
     assert [p.num_rows for p in pieces] == [3, 1, 1, 1]
     assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([batch]))
     assert [p.num_rows for p in preprocess._rebatch(batch, 4, "body")] == [4, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_label_with_a_line_break_is_dead_lettered_not_left_unlabeled(tmp_path, multi_label):
+    labels = ["sports", "politics\nand more", " science ", "sports"] * 10
+    column = [[x, "extra"] for x in labels] if multi_label else labels
+    path = tmp_path / "corpus.parquet"
+    texts = [f"{WORDS[i % 12]} {WORDS[(i * 5) % 12]}" for i in range(len(labels))]
+    pq.write_table(pa.table({"text": texts, "label": column}), path)
+    code, out = run(
+        tmp_path,
+        "out",
+        ["--input", str(path), "--sequence_length", "4"]
+        + (["--multi_label"] if multi_label else []),
+    )
+    assert code == 0
+    stats = stats_of(out)
+    assert stats["dead_letter_reasons"] == {"label has a line break": 10}
+    assert stats["rows_written"]["train"] + stats["rows_written"]["eval"] == 30
+    assert sorted(d["row"]["text"] for d in read_dead_letters(out)) == sorted(texts[1::4])
+    vocab = read_lines(f"{out}/transform_fn/assets/label_vocab")
+    assert vocab == (["extra", "sports", "science"] if multi_label else ["sports", "science"])
