@@ -241,7 +241,13 @@ def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings) -> tf.RaggedTens
             min_frequency=settings.min_frequency,
             may_break_lines=False,
         )
-        kept = tokens[:, : settings.sequence_length]
+        # Truncating copies every kept token, so it is done only for batches that need it.
+        length = settings.sequence_length
+        kept = tf.cond(
+            tf.reduce_max(tokens.row_lengths()) > length,
+            lambda: tokens[:, :length],
+            lambda: tokens,
+        )
         return tft.apply_vocabulary(
             kept, vocab_path, num_oov_buckets=settings.num_oov_buckets, file_format="text"
         )

@@ -100,10 +100,12 @@ def test_multi_label_rows_become_multi_hot_and_may_have_no_label():
     assert rows[2]["labels"] == [0.0] * len(label_vocab)
 
 
-@pytest.mark.parametrize("max_tokens,min_frequency", [(0, 1), (3, 2)])
-def test_fast_vocabulary_matches_tf_transform_textbook_path(max_tokens, min_frequency):
+@pytest.mark.parametrize("max_tokens,min_frequency,truncated", [(0, 1, False), (3, 2, True)])
+def test_fast_vocabulary_matches_tf_transform_textbook_path(max_tokens, min_frequency, truncated):
     texts = TEXTS * 3 + ["x\x0by  z", "\u00a0nbsp inside", "tab\tand\rreturn", "  ", "UPPER lower"]
     labels = (LABELS * 3) + ["x", "y", "z", "x", "y"]
+    if truncated:  # one row longer than sequence_length: the fast path cuts before looking up
+        texts, labels = texts + ["a b c d e f g a b"], labels + ["z"]
     common = dict(sequence_length=5, max_tokens=max_tokens, min_frequency=min_frequency)
     fast = analyze_and_transform(texts, labels, TextSettings(fast_vocabulary=True, **common))
     textbook = analyze_and_transform(texts, labels, TextSettings(fast_vocabulary=False, **common))
