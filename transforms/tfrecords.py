@@ -1,10 +1,11 @@
-"""Transformed record batches -> per-split serialized tf.Examples, and the stage's statistics.
+"""Transformed record batches -> per-split serialized tf.Examples, bundle files, statistics.
 
 `SplitAndEncode` takes tf.Transform's output batches (with the pass-through `split` column),
 encodes each split's rows with tfx_bsl's `RecordBatchToExamples` (vectorised, in C++), and emits
-one tagged output per split, ready for `WriteToTFRecord`. It also emits a small statistics dict
-per batch (token lengths, OOV ids) that `MergeStats` folds with the reader's counts into the
-numbers of stats.json. No file I/O here.
+one tagged output per split. It also emits a small statistics dict per batch (token lengths,
+OOV ids) that preprocess folds with the reader's counts into the numbers of stats.json.
+`WriteBundleFiles` writes each bundle's records (TFRecord framing, gzip) or JSON lines into one
+temp file and reports it; `publish_bundle_files` gives the reported files their shard names.
 """
 
 from __future__ import annotations
