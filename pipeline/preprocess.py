@@ -400,7 +400,8 @@ def finalize(
     window = int(ids[1:].sum())  # every id but padding, in the first sequence_length tokens
     oov = int(ids[vocab_size + 1 :].sum())
     elapsed = time.time() - started
-    in_files = {s: sum(n for _, n in split_files[s]) for s in SPLITS}
+    in_files = {s: sum(w[1] for w in split_files[s]) for s in SPLITS}
+    in_dead_files = sum(w[1] for w in dead_files)
     stats = {
         "rows_read": rows_read,
         "rows_written": written_rows,
@@ -408,7 +409,7 @@ def finalize(
         "dead_letter_reasons": dead,
         "rows_accounted": rows_read == sum(written_rows.values()) + sum(dead.values())
         and in_files == written_rows
-        and sum(n for _, n in dead_files) == sum(dead.values()),
+        and in_dead_files == sum(dead.values()),
         "label_counts": counts.get("labels", {}),
         "token_length_quantiles": length_quantiles(histogram),
         "rows_truncated": sum(v for k, v in histogram.items() if k > settings.sequence_length),
@@ -431,7 +432,7 @@ def finalize(
         raise RuntimeError(
             f"rows do not add up: read {rows_read}, counted as written {written_rows} "
             f"(in files: {in_files}), dead-lettered {sum(dead.values())} "
-            f"(in files: {sum(n for _, n in dead_files)}); nothing was published"
+            f"(in files: {in_dead_files}); nothing was published"
         )
     for split in SPLITS:
         publish_bundle_files(split_files[split], f"{staging}/{split}", TFRECORD_SUFFIX, gzip=True)

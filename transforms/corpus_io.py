@@ -429,6 +429,26 @@ class _ReadParquetRowGroup(beam.DoFn):
             )
 
 
+class _SpreadByKey(beam.PTransform):
+    """What `beam.Reshuffle` does here (a fusion break, so that read units spread over workers),
+    keyed by each unit's own name instead of a random number: the same input gives the same
+    bundles on the same runner, hence the same files in the same order, and training that
+    reads them is reproducible."""
+
+    def __init__(self, key):
+        super().__init__()
+        self._key = key
+
+    def expand(self, pcoll):
+        key = self._key
+        return (
+            pcoll
+            | "Key" >> beam.Map(lambda unit: (key(unit), unit))
+            | "Group" >> beam.GroupByKey()
+            | "Units" >> beam.FlatMap(lambda keyed: keyed[1])
+        )
+
+
 class ReadCorpus(beam.PTransform):
     """Files -> PCollection of raw `pyarrow.RecordBatch` (spec.columns), plus dead letters.
 
@@ -456,7 +476,7 @@ class ReadCorpus(beam.PTransform):
                 batches.append(
                     paths
                     | "ListRowGroups" >> beam.FlatMap(_parquet_row_groups)
-                    | "ReshuffleRowGroups" >> beam.Reshuffle()
+                    | "SpreadRowGroups" >> _SpreadByKey(lambda group: f"{group[0]}#{group[1]}")
                     | "ReadRowGroup"
                     >> beam.ParDo(
                         _ReadParquetRowGroup(spec.columns, self._batch_rows)
@@ -467,7 +487,7 @@ class ReadCorpus(beam.PTransform):
                 paths
                 | f"Match[{fmt}]" >> fileio.MatchAll()
                 | f"Open[{fmt}]" >> fileio.ReadMatches()
-                | f"Reshuffle[{fmt}]" >> beam.Reshuffle()
+                | f"Spread[{fmt}]" >> _SpreadByKey(lambda readable: readable.metadata.path)
                 | f"Read[{fmt}]"
                 >> beam.ParDo(_ReadDelimitedFile(spec, fmt))
                 .with_output_types(pa.RecordBatch)

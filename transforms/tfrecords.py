@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import json
 import struct
 import uuid
@@ -137,34 +138,41 @@ def frame_records(records: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int]:
-    """A list of serialized records -> (their TFRecord framing, how many)."""
-    return frame_records(records), len(records)
+def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int, bytes]:
+    """A list of serialized records -> (their TFRecord framing, how many, an order key).
+
+    The order key is the records' lengths: a tf.Example's bytes are not the same from one
+    process to the next (protobuf writes a map's entries in hash order), its length is."""
+    lengths = np.fromiter((len(r) for r in records[:4096]), np.int64)
+    return frame_records(records), len(records), lengths.tobytes()
 
 
-def json_line(record: dict) -> tuple[bytes, int]:
-    """A dict -> (one JSON line, 1); keys sorted, bytes decoded as UTF-8 (bad bytes replaced)."""
+def json_line(record: dict) -> tuple[bytes, int, bytes]:
+    """A dict -> (one JSON line, 1, the line as order key); keys sorted, bytes decoded as UTF-8
+    (bad bytes replaced)."""
     line = json.dumps(
         record,
         ensure_ascii=False,
         sort_keys=True,
         default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
     )
-    return (line + "\n").encode("utf-8"), 1
+    data = (line + "\n").encode("utf-8")
+    return data, 1, data
 
 
 class WriteBundleFiles(beam.DoFn):
     """Writes the elements of each bundle into one new file under `temp_dir` and, when the
-    bundle finishes, emits (that file's path, records in it); `publish_bundle_files` later gives
-    the files their final shard names.
+    bundle finishes, emits (that file's path, records in it, a digest of its first element's
+    order key); `publish_bundle_files` later gives the files their final shard names, ordered
+    by digest, so that the same bundles give the same shard order run after run.
 
     This is what Beam's file sinks do (a temp file per bundle, renamed once the writes are
     done), without their four extra stages per output (DoOnce, GroupByKey, PreFinalize,
     FinalizeWrite), which on the local runners cost about as much as the writing itself on
     jobs of a few hundred thousand rows. A bundle that fails and is retried leaves an orphan
     file behind; only emitted paths (committed bundles) are published, and the temp folder is
-    deleted with the orphans. Written by hand: `encode(element) -> (bytes, records)` frames the
-    data; `gzip` compresses at level 1 in a background thread (`_FastGzipWriter`).
+    deleted with the orphans. Written by hand: `encode(element) -> (bytes, records, order key)`
+    frames the data; `gzip` compresses at level 1 in a background thread (`_FastGzipWriter`).
     """
 
     def __init__(self, temp_dir: str, encode, gzip: bool):
@@ -174,13 +182,14 @@ class WriteBundleFiles(beam.DoFn):
         self._file = None
 
     def start_bundle(self):
-        self._file, self._path, self._records = None, None, 0
+        self._file, self._path, self._records, self._digest = None, None, 0, None
 
     def process(self, element):
-        data, records = self._encode(element)
+        data, records, order_key = self._encode(element)
         if self._file is None:
             self._path = FileSystems.join(self._temp_dir, uuid.uuid4().hex)
             self._file = _open_for_write(self._path, self._gzip)
+            self._digest = hashlib.sha1(order_key[: 1 << 16]).hexdigest()
         self._file.write(data)
         self._records += records
 
@@ -189,7 +198,7 @@ class WriteBundleFiles(beam.DoFn):
             return
         self._file.close()
         self._file = None
-        yield GlobalWindows.windowed_value((self._path, self._records))
+        yield GlobalWindows.windowed_value((self._path, self._records, self._digest))
 
     def teardown(self):
         if self._file is not None:  # a failed bundle: close what it opened (it stays an orphan)
@@ -205,16 +214,17 @@ def _open_for_write(path: str, gzip: bool):
 
 
 def publish_bundle_files(
-    written: list[tuple[str, int]], prefix: str, suffix: str, gzip: bool
+    written: list[tuple[str, int, str]], prefix: str, suffix: str, gzip: bool
 ) -> list[str]:
-    """Rename the files `WriteBundleFiles` emitted to `<prefix>-SSSSS-of-NNNNN<suffix>` (ordered
-    by path, so names do not depend on which bundle finished first). With none, one empty
-    file is written, as Beam's sinks do, so that `<prefix>-*` always matches."""
+    """Rename the files `WriteBundleFiles` emitted to `<prefix>-SSSSS-of-NNNNN<suffix>`, ordered
+    by the digest of their first element (not by which bundle finished first, nor by the random
+    temp name). With none, one empty file is written, as Beam's sinks do, so that `<prefix>-*`
+    always matches."""
     if not written:
         target = f"{prefix}-00000-of-00001{suffix}"
         _open_for_write(target, gzip).close()
         return [target]
-    sources = sorted(path for path, _ in written)
+    sources = [path for path, _, _ in sorted(written, key=lambda w: (w[2], w[0]))]
     n = len(sources)
     targets = [f"{prefix}-{i:05d}-of-{n:05d}{suffix}" for i in range(n)]
     FileSystems.rename(sources, targets)

@@ -2,6 +2,7 @@
 
 import glob
 import gzip
+import hashlib
 import json
 import os
 
@@ -21,7 +22,7 @@ def _read_tfrecords(paths) -> list[bytes]:
 
 
 def _write_bundles(tmp_path, elements, encode, gzip_files) -> list[tuple[str, int]]:
-    """Run WriteBundleFiles over `elements`; return what it emitted (path, records)."""
+    """Run WriteBundleFiles over `elements`; return what it emitted (path, records, digest)."""
     temp = str(tmp_path / "bundles")
     emitted = str(tmp_path / "emitted")
     with beam.Pipeline() as p:
@@ -41,8 +42,13 @@ def test_every_record_lands_in_an_emitted_gzip_tfrecord_file_and_only_those_are_
 ):
     batches = [[b"a", b"bb"], [b"ccc"], [b"d" * 70_000, b""], [b"e"]]
     written = _write_bundles(tmp_path, batches, tfrecord_batch, True)
-    assert sum(n for _, n in written) == 6
-    assert sorted(_read_tfrecords(p for p, _ in written)) == sorted(r for b in batches for r in b)
+    assert sum(n for _, n, _ in written) == 6
+    # each file's digest is that of the first batch written to it (its records' lengths)
+    firsts = {hashlib.sha1(tfrecord_batch(b)[2][: 1 << 16]).hexdigest() for b in batches}
+    assert {digest for _, _, digest in written} <= firsts
+    assert sorted(_read_tfrecords(p for p, _, _ in written)) == sorted(
+        r for b in batches for r in b
+    )
 
     orphan = tmp_path / "bundles" / "left-by-a-retried-bundle"
     orphan.write_bytes(gzip.compress(b"not published"))
@@ -56,6 +62,28 @@ def test_every_record_lands_in_an_emitted_gzip_tfrecord_file_and_only_those_are_
     assert sorted(glob.glob(str(out / "*"))) == sorted(names)
     assert orphan.exists()  # left for the caller to delete with the temp folder
     assert sorted(_read_tfrecords(names)) == sorted(r for b in batches for r in b)
+
+
+def test_shards_are_ordered_by_digest_not_by_temp_name_or_the_order_bundles_finished(tmp_path):
+    written = []
+    for temp_name, record, digest in [
+        ("zz", b"first", "b"),
+        ("aa", b"second", "c"),
+        ("mm", b"third", "a"),
+    ]:
+        path = tmp_path / temp_name
+        path.write_bytes(gzip.compress(tfrecord_batch([record])[0]))
+        written.append((str(path), 1, digest))
+    for order in (written, written[::-1]):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        copies = []
+        for path, n, digest in order:
+            copy = out / f"tmp-{os.path.basename(path)}"
+            copy.write_bytes(open(path, "rb").read())
+            copies.append((str(copy), n, digest))
+        names = publish_bundle_files(copies, str(out / "train"), ".tfrecord.gz", gzip=True)
+        assert [_read_tfrecords([n]) for n in names] == [[b"third"], [b"first"], [b"second"]]
 
 
 def test_no_records_still_publish_one_empty_readable_shard(tmp_path):
@@ -73,8 +101,8 @@ def test_json_lines_bundle_files_keep_keys_sorted_and_bytes_readable(tmp_path):
         {"reason": "text is not valid UTF-8", "row": {"text": b"bad \xff byte", "label": "y"}},
     ]
     written = _write_bundles(tmp_path, records, json_line, False)
-    lines = [line for path, _ in written for line in open(path, encoding="utf-8")]
-    assert sum(n for _, n in written) == len(lines) == 3
+    lines = [line for path, _, _ in written for line in open(path, encoding="utf-8")]
+    assert sum(n for _, n, _ in written) == len(lines) == 3
     parsed = sorted((json.loads(line) for line in lines), key=lambda r: r["reason"])
     assert [list(r) for r in parsed] == [["reason", "row"]] * 3
     assert [r["row"]["text"] for r in parsed] == ["caf\u00e9", "", "bad \ufffd byte"]
