@@ -11,8 +11,8 @@ the same graph and the same asset:
   the ids come from `tft.apply_vocabulary` over that file, an asset of the graph.
   The label vocabulary is counted the same way (the textbook path's `tft.vocabulary` counts
   labels one by one in Python and adds about ten Beam stages).
-* textbook: `tft.compute_and_apply_vocabulary` and `tft.vocabulary`, kept to prove the fast path gives identical
-  output (tests) and to measure against (benchmarks).
+* textbook: `tft.compute_and_apply_vocabulary` and `tft.vocabulary`, kept to prove the fast
+  path gives identical output (tests) and to measure against (benchmarks).
 
 Both order the vocabulary as tf.Transform does: count descending, ties broken by the token's
 bytes descending; `min_frequency` filters before `max_tokens` cuts. Id 0 is padding, 1..V the
