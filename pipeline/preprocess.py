@@ -325,7 +325,12 @@ def build_pipeline(
             encoded[split]
             | f"Write[{split}]"
             >> beam.ParDo(
-                tfrecords.WriteBundleFiles(f"{bundles}/{split}", tfrecords.tfrecord_batch, True)
+                tfrecords.WriteBundleFiles(
+                    f"{bundles}/{split}",
+                    tfrecords.tfrecord_batch,
+                    tfrecords.example_order_key,
+                    gzip=True,
+                )
             )
         )
     # Dead letters are written where they are found (no Flatten, which would cut the fused
@@ -342,7 +347,12 @@ def build_pipeline(
             pcoll
             | f"WriteDeadLetters[{name}]"
             >> beam.ParDo(
-                tfrecords.WriteBundleFiles(f"{bundles}/dead_letter", tfrecords.json_line, False)
+                tfrecords.WriteBundleFiles(
+                    f"{bundles}/dead_letter",
+                    tfrecords.json_line,
+                    tfrecords.json_line_key,
+                    gzip=False,
+                )
             )
         )
     # Each source is combined where it is produced (a lifted combine); flattening the per-batch

@@ -26,6 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
+from tensorflow.core.example import example_pb2
 from tfx_bsl.coders import example_coder
 
 from transforms.contracts import (
@@ -138,46 +139,55 @@ def frame_records(records: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int, bytes]:
-    """A list of serialized records -> (their TFRecord framing, how many, an order key).
-
-    The order key is the records' lengths: a tf.Example's bytes are not the same from one
-    process to the next (protobuf writes a map's entries in hash order), its length is."""
-    lengths = np.fromiter((len(r) for r in records[:4096]), np.int64)
-    return frame_records(records), len(records), lengths.tobytes()
+def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int]:
+    """A list of serialized records -> (their TFRecord framing, how many)."""
+    return frame_records(records), len(records)
 
 
-def json_line(record: dict) -> tuple[bytes, int, bytes]:
-    """A dict -> (one JSON line, 1, the line as order key); keys sorted, bytes decoded as UTF-8
-    (bad bytes replaced)."""
+def example_order_key(records: list[bytes]) -> bytes:
+    """The first few tf.Examples of a batch, serialized deterministically: their content, not
+    their bytes, which protobuf does not keep from one process to the next (a map's entries
+    are written in hash order). Computed once per bundle."""
+    return b"".join(
+        example_pb2.Example.FromString(r).SerializeToString(deterministic=True)
+        for r in records[:16]
+    )
+
+
+def json_line(record: dict) -> tuple[bytes, int]:
+    """A dict -> (one JSON line, 1); keys sorted, bytes decoded as UTF-8 (bad bytes replaced)."""
     line = json.dumps(
         record,
         ensure_ascii=False,
         sort_keys=True,
         default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
     )
-    data = (line + "\n").encode("utf-8")
-    return data, 1, data
+    return (line + "\n").encode("utf-8"), 1
+
+
+def json_line_key(record: dict) -> bytes:
+    return json_line(record)[0]
 
 
 class WriteBundleFiles(beam.DoFn):
     """Writes the elements of each bundle into one new file under `temp_dir` and, when the
-    bundle finishes, emits (that file's path, records in it, a digest of its first element's
-    order key); `publish_bundle_files` later gives the files their final shard names, ordered
-    by digest, so that the same bundles give the same shard order run after run.
+    bundle finishes, emits (that file's path, records in it, a digest of `order_key` of its first
+    element); `publish_bundle_files` later gives the files their final shard names, ordered by
+    digest, so that the same bundles give the same shard order run after run.
 
     This is what Beam's file sinks do (a temp file per bundle, renamed once the writes are
     done), without their four extra stages per output (DoOnce, GroupByKey, PreFinalize,
     FinalizeWrite), which on the local runners cost about as much as the writing itself on
     jobs of a few hundred thousand rows. A bundle that fails and is retried leaves an orphan
     file behind; only emitted paths (committed bundles) are published, and the temp folder is
-    deleted with the orphans. Written by hand: `encode(element) -> (bytes, records, order key)`
-    frames the data; `gzip` compresses at level 1 in a background thread (`_FastGzipWriter`).
+    deleted with the orphans. Written by hand: `encode(element) -> (bytes, records)` frames the
+    data; `gzip` compresses at level 1 in a background thread (`_FastGzipWriter`).
     """
 
-    def __init__(self, temp_dir: str, encode, gzip: bool):
+    def __init__(self, temp_dir: str, encode, order_key, gzip: bool):
         self._temp_dir = temp_dir
         self._encode = encode
+        self._order_key = order_key
         self._gzip = gzip
         self._file = None
 
@@ -185,11 +195,11 @@ class WriteBundleFiles(beam.DoFn):
         self._file, self._path, self._records, self._digest = None, None, 0, None
 
     def process(self, element):
-        data, records, order_key = self._encode(element)
+        data, records = self._encode(element)
         if self._file is None:
             self._path = FileSystems.join(self._temp_dir, uuid.uuid4().hex)
             self._file = _open_for_write(self._path, self._gzip)
-            self._digest = hashlib.sha1(order_key[: 1 << 16]).hexdigest()
+            self._digest = hashlib.sha1(self._order_key(element)).hexdigest()
         self._file.write(data)
         self._records += records
 

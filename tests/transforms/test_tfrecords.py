@@ -11,17 +11,26 @@ import tensorflow as tf
 
 from transforms.tfrecords import (
     WriteBundleFiles,
+    example_order_key,
     json_line,
+    json_line_key,
     publish_bundle_files,
     tfrecord_batch,
 )
+
+
+def _example(payload: bytes) -> bytes:
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[payload]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={"x": feature, "n": feature})
+    ).SerializeToString()
 
 
 def _read_tfrecords(paths) -> list[bytes]:
     return [r.numpy() for r in tf.data.TFRecordDataset(list(paths), compression_type="GZIP")]
 
 
-def _write_bundles(tmp_path, elements, encode, gzip_files) -> list[tuple[str, int]]:
+def _write_bundles(tmp_path, elements, encode, order_key, gzip_files) -> list[tuple[str, int]]:
     """Run WriteBundleFiles over `elements`; return what it emitted (path, records, digest)."""
     temp = str(tmp_path / "bundles")
     emitted = str(tmp_path / "emitted")
@@ -29,7 +38,7 @@ def _write_bundles(tmp_path, elements, encode, gzip_files) -> list[tuple[str, in
         _ = (
             p
             | beam.Create(elements)
-            | beam.ParDo(WriteBundleFiles(temp, encode, gzip_files))
+            | beam.ParDo(WriteBundleFiles(temp, encode, order_key, gzip_files))
             | beam.Map(json.dumps)
             | beam.io.WriteToText(emitted, shard_name_template="")
         )
@@ -40,11 +49,16 @@ def _write_bundles(tmp_path, elements, encode, gzip_files) -> list[tuple[str, in
 def test_every_record_lands_in_an_emitted_gzip_tfrecord_file_and_only_those_are_published(
     tmp_path,
 ):
-    batches = [[b"a", b"bb"], [b"ccc"], [b"d" * 70_000, b""], [b"e"]]
-    written = _write_bundles(tmp_path, batches, tfrecord_batch, True)
+    batches = [
+        [_example(b"a"), _example(b"bb")],
+        [_example(b"ccc")],
+        [_example(b"d" * 70_000), _example(b"")],
+        [_example(b"e")],
+    ]
+    written = _write_bundles(tmp_path, batches, tfrecord_batch, example_order_key, True)
     assert sum(n for _, n, _ in written) == 6
-    # each file's digest is that of the first batch written to it (its records' lengths)
-    firsts = {hashlib.sha1(tfrecord_batch(b)[2][: 1 << 16]).hexdigest() for b in batches}
+    # each file's digest is that of the first batch written to it (its examples' content)
+    firsts = {hashlib.sha1(example_order_key(b)).hexdigest() for b in batches}
     assert {digest for _, _, digest in written} <= firsts
     assert sorted(_read_tfrecords(p for p, _, _ in written)) == sorted(
         r for b in batches for r in b
@@ -86,6 +100,22 @@ def test_shards_are_ordered_by_digest_not_by_temp_name_or_the_order_bundles_fini
         assert [_read_tfrecords([n]) for n in names] == [[b"third"], [b"first"], [b"second"]]
 
 
+def test_example_order_key_is_the_content_whatever_order_the_features_were_written_in():
+    def features(name, values):
+        one = tf.train.Features()
+        one.feature[name].int64_list.value.extend(values)
+        return one.SerializeToString()
+
+    def example(features_bytes):  # Example.features is field 1; it is < 128 bytes here
+        return b"\n" + bytes([len(features_bytes)]) + features_bytes
+
+    a = example(features("a", [1]) + features("b", [2, 3]))  # map entries in this order ...
+    b = example(features("b", [2, 3]) + features("a", [1]))  # ... as another process may write
+    assert a != b and tf.train.Example.FromString(a) == tf.train.Example.FromString(b)
+    assert example_order_key([a]) == example_order_key([b])
+    assert example_order_key([a]) != example_order_key([_example(b"1")])
+
+
 def test_no_records_still_publish_one_empty_readable_shard(tmp_path):
     names = publish_bundle_files([], str(tmp_path / "eval"), ".tfrecord.gz", gzip=True)
     assert [os.path.basename(x) for x in names] == ["eval-00000-of-00001.tfrecord.gz"]
@@ -100,7 +130,7 @@ def test_json_lines_bundle_files_keep_keys_sorted_and_bytes_readable(tmp_path):
         {"reason": "label is missing", "row": {"text": "caf\u00e9", "label": None}},
         {"reason": "text is not valid UTF-8", "row": {"text": b"bad \xff byte", "label": "y"}},
     ]
-    written = _write_bundles(tmp_path, records, json_line, False)
+    written = _write_bundles(tmp_path, records, json_line, json_line_key, False)
     lines = [line for path, _, _ in written for line in open(path, encoding="utf-8")]
     assert sum(n for _, n, _ in written) == len(lines) == 3
     parsed = sorted((json.loads(line) for line in lines), key=lambda r: r["reason"])
