@@ -239,8 +239,13 @@ def fast_vocabulary(
     `may_break_lines=False` skips tf.Transform's filter of empty and multi-line values (a regex
     over every value) for values that cannot be either, such as whitespace-split tokens.
     """
+    return _vocabulary_file(_batch_reduce(values, may_break_lines), name, top_k, min_frequency)
+
+
+def _vocabulary_file(reduced: list[tf.Tensor], name: str, top_k: int = 0, min_frequency: int = 1):
+    """The vocabulary file's path from `_batch_reduce`'s output (see `fast_vocabulary`)."""
     (path,) = tft.experimental.ptransform_analyzer(
-        inputs=_batch_reduce(values, may_break_lines),
+        inputs=reduced,
         ptransform=CountTokensAndWriteVocabulary(top_k, min_frequency, filename=name),
         output_dtypes=[tf.string],
         output_shapes=[[]],
@@ -318,12 +323,12 @@ def _labels(raw_label, settings: TextSettings) -> dict:
         num_classes = tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME)
         return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
     values = raw_label.values if isinstance(raw_label, tf.SparseTensor) else raw_label
-    values = tf.reshape(values, [-1])
-    class_ids = tft.apply_vocabulary(raw_label, fast_vocabulary(values, LABEL_VOCAB_NAME))
+    reduced = _batch_reduce(tf.reshape(values, [-1]), may_break_lines=True)
+    class_ids = tft.apply_vocabulary(raw_label, _vocabulary_file(reduced, LABEL_VOCAB_NAME))
     if not settings.multi_label:
         return {LABEL_KEY: class_ids}
     (num_classes,) = tft.experimental.ptransform_analyzer(
-        inputs=_batch_reduce(values, may_break_lines=True),
+        inputs=reduced,
         ptransform=CountDistinct(),
         output_dtypes=[tf.int64],
         output_shapes=[[]],
