@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Each (re)creates .venv with the machine's python3 when it is missing or older
-# than setup.py, installs the package with its test extras, then runs.
+# Each creates .venv with the machine's python3 when it is missing, (re)installs
+# the package with its test extras when setup.py is newer than the last install,
+# then runs. `make clean` removes .venv to start from scratch.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed

@@ -3,6 +3,12 @@
 Each stage module declares its own flags on a `PipelineOptions` subclass (so the Flex Template
 check and the tests reuse them) and exposes `add_arguments(parser)` and `main(argv) -> int`.
 This module only dispatches; flags it does not know are left for Beam's PipelineOptions.
+
+Failures are reported in one place, here. A module's `main` catches only its own bad-input
+exceptions (one line on stderr, returns EXIT_BAD_INPUT = 2) and lets anything else propagate;
+`main` below prints the full traceback on stderr for those, then one last line
+`textclf <command>: failed: <Type>: <message>` (what `textclf run` quotes as the reason), and
+exits 1. So a person always gets either a sentence saying what to fix, or the traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 
 # name -> (module, one-line help). Modules are imported only when their subcommand runs, so
 # `textclf --help` does not pay for importing TensorFlow.
@@ -54,8 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    except Exception as err:  # noqa: BLE001 - unexpected: the traceback, then one summary line
+        return report_failure(argv[0], err)
+
+
+def report_failure(command: str, err: BaseException) -> int:
+    """Print `err`'s traceback and a last one-line summary on stderr; return exit code 1."""
+    sys.stdout.flush()
+    traceback.print_exception(err, file=sys.stderr)
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    if len(first) > 500:
+        first = first[:500] + " ..."
+    print(f"textclf {command}: failed: {type(err).__name__}: {first}", file=sys.stderr)
+    sys.stderr.flush()
+    return 1
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ import tomllib
 from pathlib import Path
 
 from pipeline import datasets, outputs, run
-from transforms.contracts import MANIFEST_FILE, REPORT_FILE
+from transforms.contracts import EXIT_BAD_INPUT, MANIFEST_FILE, REPORT_FILE
 
 _LOG = logging.getLogger("textclf.demo")
 DATASET = "20newsgroups"
 CONFIG_TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / f"{DATASET}.toml"
+# What the demo writes in its root: the cached corpus, its config and one directory per run date.
+DEMO_ROOT_ENTRIES = ("datasets/", f"{DATASET}.toml", "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/")
 
 
 def toml_dumps(config: dict) -> str:
@@ -130,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.time()
     root = os.path.abspath(args.root)
+    try:
+        outputs.check_replaceable(root, "demo", DEMO_ROOT_ENTRIES)
+        run.check_outputs(root, args.run_date)
+    except (outputs.OutputNotReplaceable, run.ConfigError) as err:
+        print(f"textclf demo: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     os.makedirs(root, exist_ok=True)
     try:
         prepare_data(root)

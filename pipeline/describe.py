@@ -81,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         print(f"textclf describe: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as err:  # noqa: BLE001 - one line for the user
-        print(f"textclf describe: failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    # Anything else propagates: pipeline/cli.py prints its traceback and exits 1.
     print(text)
     return 0

@@ -4,11 +4,17 @@ A stage writes everything into `staging_dir(out)`, then `finalize(staging, out)`
 place and writes `_SUCCESS` last, so a reader that sees `_SUCCESS` sees a complete directory and a
 killed run leaves nothing that looks finished. Works on any Beam filesystem: local paths are
 renamed atomically, object stores (gs://, s3://) are copied file by file with `_SUCCESS` last.
+
+`check_replaceable(out, stage)` is the rule that keeps a run from touching what it did not write:
+an existing output path is replaced only when it is an empty directory or holds nothing but what
+that stage writes (its output layout, finished or not); anything else is refused before any work,
+and `finalize` checks again before it moves anything.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
 import os
 import shutil
@@ -16,7 +22,68 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.contracts import SUCCESS_FILE
+from transforms.contracts import (
+    CONFIG_FILE,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    DEAD_LETTER_PREFIX,
+    F1_BARS_PNG,
+    HISTORY_FILE,
+    LABELS_TXT,
+    LOGS_DIR,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    PARQUET_SUFFIX,
+    PREPROCESS_STAGE,
+    SAVED_MODEL_DIR,
+    SCORE_STAGE,
+    SCORED_PART_PREFIX,
+    STATS_FILE,
+    SUCCESS_FILE,
+    TFRECORD_SUFFIX,
+    TIMINGS_FILE,
+    TRAIN_STAGE,
+    TRANSFORM_FN_DIR,
+    TRANSFORMED_METADATA_DIR,
+)
+
+# What each stage writes at the top level of its output: names or fnmatch patterns, a trailing
+# "/" for a directory. An existing output holding anything else is not that stage's to replace.
+STAGE_ENTRIES = {
+    PREPROCESS_STAGE: (
+        SUCCESS_FILE,
+        STATS_FILE,
+        TIMINGS_FILE,
+        CONFIG_FILE,
+        f"{TRANSFORM_FN_DIR}/",
+        f"{TRANSFORMED_METADATA_DIR}/",
+        f"train-*-of-*{TFRECORD_SUFFIX}",
+        f"eval-*-of-*{TFRECORD_SUFFIX}",
+        f"{DEAD_LETTER_PREFIX}-*-of-*.jsonl",
+    ),
+    TRAIN_STAGE: (
+        SUCCESS_FILE,
+        f"{SAVED_MODEL_DIR}/",
+        LABELS_TXT,
+        METRICS_FILE,
+        HISTORY_FILE,
+        MODEL_CARD_FILE,
+        f"{LOGS_DIR}/",
+        CURVES_PNG,
+        CONFUSION_PNG,
+        F1_BARS_PNG,
+    ),
+    SCORE_STAGE: (
+        SUCCESS_FILE,
+        STATS_FILE,
+        f"{SCORED_PART_PREFIX}-*-of-*{PARQUET_SUFFIX}",
+        f"{DEAD_LETTER_PREFIX}-*-of-*{PARQUET_SUFFIX}",
+    ),
+}
+
+
+class OutputNotReplaceable(ValueError):
+    """An output path that holds something this stage did not write; nothing was touched."""
 
 
 def is_local(path: str) -> bool:
@@ -25,6 +92,58 @@ def is_local(path: str) -> bool:
 
 def is_complete(path: str) -> bool:
     return FileSystems.exists(FileSystems.join(path, SUCCESS_FILE))
+
+
+def _entries(path: str) -> dict[str, bool] | None:
+    """Top-level entries of directory `path` as {name: is_dir}; None when nothing is there.
+    Raises OutputNotReplaceable when `path` is a regular file (locally or as an object)."""
+    if is_local(path):
+        if not os.path.lexists(path):
+            return None
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise OutputNotReplaceable(f"{path} exists and is not a directory")
+        with os.scandir(path) as it:
+            return {e.name: e.is_dir(follow_symlinks=False) for e in it}
+    path = path.rstrip("/")
+    if FileSystems.exists(path) and not _files_under(path):
+        raise OutputNotReplaceable(f"{path} exists and is not a directory")
+    entries: dict[str, bool] = {}
+    for f in _files_under(path):
+        rest = f[len(path) + 1 :]
+        name, sep, _ = rest.partition("/")
+        if name:
+            entries[name] = entries.get(name, False) or bool(sep)
+    return entries or None
+
+
+def foreign_entries(path: str, patterns: tuple[str, ...]) -> list[str]:
+    """The top-level entries of directory `path` that match none of `patterns` (sorted)."""
+    foreign = []
+    for name, is_dir in sorted((_entries(path) or {}).items()):
+        wanted = [p.rstrip("/") for p in patterns if p.endswith("/") == is_dir]
+        if not any(fnmatch.fnmatchcase(name, p) for p in wanted):
+            foreign.append(name + ("/" if is_dir else ""))
+    return foreign
+
+
+def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = None) -> None:
+    """Refuse (OutputNotReplaceable, one line) an `out` that `stage` may not replace.
+
+    Allowed: no such path, an empty directory, or a directory holding only entries that
+    `stage` writes (a finished output, or an object-store one whose finalize was cut short).
+    Refused: a regular file, a directory with anything else in it (a user's files, another
+    stage's output). Nothing is moved or deleted here or later when this raises. `entries`
+    (patterns as in STAGE_ENTRIES) serves the directories that `run` and `demo` write into.
+    """
+    foreign = foreign_entries(out, entries or STAGE_ENTRIES[stage])
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputNotReplaceable(
+            f"{out} holds files that textclf {stage} does not write ({shown}); refusing to "
+            f"replace it: choose another path, or empty it yourself"
+        )
 
 
 def staging_dir(out: str) -> str:
@@ -36,6 +155,16 @@ def staging_dir(out: str) -> str:
     if is_local(staging):
         os.makedirs(staging)
     return staging
+
+
+def backup_dir(out: str) -> str:
+    """`<parent>/.<name>.train-backup`: the same sibling of `out` on every run (unlike
+    `staging_dir`), where `textclf train` keeps what a rerun needs to resume; not created here,
+    removed by the trainer after a successful finalize. Not an `.inprogress-*` name, so the
+    clean-up of stale staging dirs leaves it alone."""
+    out = out.rstrip("/")
+    parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
+    return FileSystems.join(parent or ".", f".{name}.train-backup")
 
 
 def write_text(path: str, text: str) -> None:
@@ -91,9 +220,12 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat()
 
 
-def finalize(staging: str, out: str) -> None:
-    """Move the finished `staging` dir to `out` (replacing an older output), `_SUCCESS` last."""
+def finalize(staging: str, out: str, stage: str) -> None:
+    """Move the finished `staging` dir to `out` (replacing an older output of `stage`), `_SUCCESS`
+    last. Checks `out` again first (it may have changed since the run began): raises
+    OutputNotReplaceable, touching nothing, when it holds anything `stage` does not write."""
     out = out.rstrip("/")
+    check_replaceable(out, stage)
     if is_local(out):
         success = os.path.join(staging, SUCCESS_FILE)
         write_text(success, now() + "\n")

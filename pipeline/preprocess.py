@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -33,12 +34,14 @@ from transforms.contracts import (
     EXIT_BAD_INPUT,
     LABEL_VOCAB_NAME,
     PREPROCESS_METRICS,
+    PREPROCESS_STAGE,
     RAW_LABEL_KEY,
     SPLIT_KEY,
     SPLITS,
     STATS_FILE,
     TEXT_KEY,
     TFRECORD_SUFFIX,
+    TIMINGS_FILE,
     TOKEN_VOCAB_NAME,
     TRAIN,
     TRANSFORM_FN_DIR,
@@ -377,6 +380,14 @@ def _side(side: dict, prefix: str) -> list:
     return [item for key, items in sorted(side.items()) if key.startswith(prefix) for item in items]
 
 
+NO_ROWS = "no rows to preprocess"
+
+
+class NoRowsToPreprocess(ValueError):
+    """Raised by the job's last step when no row was written: nothing is published. The stage
+    reports it as bad input (exit 2); the runner carries only its message across processes."""
+
+
 def finalize(
     _,
     staging: str,
@@ -426,6 +437,8 @@ def finalize(
         "vocab_size": vocab_size,
         "oov_rate": oov / window if window else 0.0,
         "num_classes": len(label_vocabulary),
+    }
+    timings = {
         "seconds": round(elapsed, 2),
         "docs_per_second": round(rows_read / elapsed, 1) if elapsed else None,
     }
@@ -437,6 +450,14 @@ def finalize(
         num_classes=len(label_vocabulary),
         label_vocabulary=label_vocabulary,
     )
+    if not sum(written_rows.values()):
+        raise NoRowsToPreprocess(
+            f"{NO_ROWS}: {rows_read} rows read, all dead-lettered ("
+            + ", ".join(f"{reason}: {n}" for reason, n in sorted(dead.items()))
+            + ")"
+            if rows_read
+            else f"{NO_ROWS}: the input holds no data rows"
+        )
     if not stats["rows_accounted"]:
         # A bug guard, not a data problem: never publish an output that lost rows.
         raise RuntimeError(
@@ -449,9 +470,10 @@ def finalize(
     publish_bundle_files(dead_files, f"{staging}/{DEAD_LETTER_PREFIX}", ".jsonl", gzip=False)
     outputs.discard(f"{staging}/{BUNDLES_DIR}")  # what is left: files of retried bundles
     outputs.write_json(f"{staging}/{STATS_FILE}", stats)
+    outputs.write_json(f"{staging}/{TIMINGS_FILE}", timings)
     outputs.write_json(f"{staging}/{CONFIG_FILE}", config)
     outputs.discard(tft_temp)
-    outputs.finalize(staging, output_dir)
+    outputs.finalize(staging, output_dir, PREPROCESS_STAGE)
 
 
 def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
@@ -459,9 +481,13 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
 
     Raises transforms.corpus_io.CorpusError (before any pipeline work) for unusable input.
     """
-    from transforms.corpus_io import inspect_corpus
+    from transforms.corpus_io import CorpusError, inspect_corpus
 
     check_settings(opts)
+    try:
+        outputs.check_replaceable(opts.output_dir, PREPROCESS_STAGE)
+    except outputs.OutputNotReplaceable as err:
+        raise CorpusError(str(err)) from None
     spec, settings = _spec(opts), _settings(opts)
     files = inspect_corpus(spec)
     _LOG.info("preprocess: %d input file(s) -> %s", len(files), opts.output_dir)
@@ -499,9 +525,13 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         p = make_pipeline(beam_options, threads_by_default=True)
         build_pipeline(p, spec, files, settings, staging, opts.batch_rows, temp_dir, finalize_args)
         run_and_log_counters(p, _LOG, (PREPROCESS_METRICS,))
-    except BaseException:
+    except BaseException as err:
         outputs.discard(staging)
         outputs.discard(temp_dir)
+        # Runners re-raise a step's error wrapped, often as text from another process.
+        found = re.search(rf"{NO_ROWS}: [^\n'\"\[]*", str(err))
+        if found:
+            raise CorpusError(found.group(0).rstrip(". ")) from None
         raise
     if not outputs.completed_since(opts.output_dir, started):
         # A template launch (or any runner that returns before the job ends): the job itself
@@ -515,7 +545,7 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         stats["rows_read"],
         stats["rows_written"],
         stats["rows_dead_lettered"],
-        stats["seconds"],
+        outputs.read_json(f"{opts.output_dir}/{TIMINGS_FILE}")["seconds"],
     )
     return stats
 

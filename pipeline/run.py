@@ -40,6 +40,7 @@ from transforms.contracts import (
     METRICS_FILE,
     MODEL_CARD_FILE,
     PREDICTED_LABEL_COLUMN,
+    REPORT_FILE,
     STATS_FILE,
     SUCCESS_FILE,
 )
@@ -830,10 +831,42 @@ def _terminate(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+def run_dir_entries() -> tuple[str, ...]:
+    """What a run writes in `<root>/<run_date>`: the stage dirs (and their staging, backup and
+    replaced siblings), the manifest, the report, the lock, `_SUCCESS` and their temp files."""
+    names = []
+    for name in STAGE_DIRS.values():
+        names += [f"{name}/", f".{name}.*/", f"{name}.replaced-*/"]
+    return (
+        *names,
+        MANIFEST_FILE,
+        f"{MANIFEST_FILE}.tmp-*",
+        REPORT_FILE,
+        f"{REPORT_FILE}.tmp-*",
+        LOCK_FILE,
+        SUCCESS_FILE,
+    )
+
+
+def check_outputs(root: str, run_date: str) -> None:
+    """Before any work: refuse (ConfigError) a run directory, or a stage directory in it, that
+    holds anything textclf did not write there; nothing is touched."""
+    run_dir = _join(root, run_date)
+    try:
+        if outputs.is_local(root) and os.path.exists(root) and not os.path.isdir(root):
+            raise outputs.OutputNotReplaceable(f"{root} exists and is not a directory")
+        outputs.check_replaceable(run_dir, "run", run_dir_entries())
+        for stage, stage_dir in stage_dirs(run_dir).items():
+            outputs.check_replaceable(stage_dir, stage)
+    except outputs.OutputNotReplaceable as err:
+        raise ConfigError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        check_outputs(args.root, args.run_date)
     except ConfigError as err:
         print(f"textclf run: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -4,8 +4,10 @@ This module owns the scoring stage's flags (`ScoreOptions`), the checks made bef
 (model directory complete, inputs match, text column present and string-typed, pass-through columns
 consistent), the wiring of read -> `ScoreRecordBatches` -> write, and finalizing the output
 directory (`part-*.parquet`, `dead_letter-*.parquet`, `stats.json`, then `_SUCCESS`; nothing is
-visible under the output until it is complete). Finalizing is the job's own last step, so a launch
-that returns before the job ends (a Flex Template) still gets a finished directory. The batched
+visible under the output until it is complete, and nothing at all when the row counts disagree or
+more than `--max_dead_letter_fraction` of the rows read failed the model call). Finalizing is the
+job's own last step, so a launch that returns before the job ends (a Flex Template) still gets a
+finished directory. The batched
 inference itself lives in `transforms/scoring.py`. `score(...)` is the library entry used by
 `textclf run`; `main(argv)` is the CLI.
 """
@@ -13,7 +15,9 @@ inference itself lives in `transforms/scoring.py`. `score(...)` is the library e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -32,13 +37,16 @@ from transforms.contracts import (
     LABELS_TXT,
     PARQUET_SUFFIX,
     REASON_COLUMN,
+    REASON_MODEL_CALL_FAILED,
     SAVED_MODEL_DIR,
+    SCORE_STAGE,
     SCORED_PART_PREFIX,
     STATS_FILE,
 )
 from transforms.scoring import (
     DEAD_LETTER_TAG,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_DEAD_LETTER_FRACTION,
     METRICS_NAMESPACE,
     ScoreRecordBatches,
     ScoringModel,
@@ -96,6 +104,14 @@ class ScoreOptions(PipelineOptions):
             default=None,
             help="multi-label only: a class is predicted when its probability >= this, in "
             "(0, 1) (default: the model's own threshold from model_card.json, 0.5 if absent)",
+        )
+        parser.add_argument(
+            "--max_dead_letter_fraction",
+            type=float,
+            default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
+            help="fail the job (exit 1, nothing published) when more than this fraction of the "
+            "rows read were dead-lettered because the model call failed on them, in [0, 1] "
+            "(default %(default)s; rows with unusable text do not count)",
         )
 
 
@@ -214,6 +230,7 @@ def build_pipeline(
     batch_size: int,
     threshold: float | None,
     header: dict,
+    max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
 ) -> None:
     """read -> score -> write scored and dead letters under `staging` -> `finalize` to `output`."""
     read_columns = list(dict.fromkeys([*passthrough.names, text_column]))
@@ -266,6 +283,7 @@ def build_pipeline(
             staging=staging,
             output=output,
             header=header,
+            max_dead_letter_fraction=max_dead_letter_fraction,
             **writes,
         )
     )
@@ -300,23 +318,84 @@ def _check_counts(staging: str, stats: dict) -> None:
             )
 
 
+def _footer_digest(path: str) -> tuple[str, str]:
+    """A Parquet file's footer (schema, row groups, column statistics, sizes), digested: what
+    orders the shards, read without the data pages."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.seek(-8, os.SEEK_END)
+        tail = f.read(8)
+        f.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
+        footer = f.read()
+    return hashlib.sha256(footer).hexdigest(), path
+
+
+def _order_shards(staging: str) -> None:
+    """Number each prefix's part files by their content (footer digest), not by which bundle
+    finished first, so a rerun on the same runner settings names the same files the same way."""
+    for prefix in (SCORED_PART_PREFIX, DEAD_LETTER_PREFIX):
+        paths = [
+            m.path
+            for m in FileSystems.match([FileSystems.join(staging, f"{prefix}-*{PARQUET_SUFFIX}")])[
+                0
+            ].metadata_list
+        ]
+        with ThreadPoolExecutor(8) as pool:
+            ordered = [p for _, p in sorted(pool.map(_footer_digest, paths))]
+        moved = [f"{p}.unordered" for p in ordered]  # two steps: new names collide with old
+        FileSystems.rename(ordered, moved)
+        n = len(moved)
+        FileSystems.rename(
+            moved,
+            [
+                FileSystems.join(staging, f"{prefix}-{i:05d}-of-{n:05d}{PARQUET_SUFFIX}")
+                for i in range(n)
+            ],
+        )
+
+
+def _check_model_call_failures(stats: dict, max_fraction: float) -> None:
+    """At most `max_fraction` of the rows read were dead-lettered because the model call failed
+    on them (rows with unusable text are the input's fault, not the model's: not counted)."""
+    failed, read = stats["rows_failed_model_call"], stats["rows_read"]
+    if read and failed / read > max_fraction:
+        raise RuntimeError(
+            f"model call failed for {failed} of {read} rows read ({failed / read:.2%}), more "
+            f"than --max_dead_letter_fraction {max_fraction}; nothing was published (the "
+            "workers' logs name the errors; raise the flag to accept these dead letters)"
+        )
+
+
 def finalize(
-    _, read: dict, scored: dict, dead: dict, staging: str, output: str, header: dict, **written
+    _,
+    read: dict,
+    scored: dict,
+    dead: dict,
+    staging: str,
+    output: str,
+    header: dict,
+    max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
+    **written,
 ) -> None:
-    """The job's last step: check the counts against the written Parquet footers, write
-    stats.json and move the staging directory onto `output` with _SUCCESS last. Raises (and
-    writes no _SUCCESS) when the counts disagree."""
+    """The job's last step: check the counts against the written Parquet footers and the rows
+    the model call failed on against `max_dead_letter_fraction`, write stats.json and move the
+    staging directory onto `output` with _SUCCESS last. Raises (and writes no _SUCCESS) when
+    the counts disagree or too many model calls failed."""
     stats = dict(header)
     stats.update(
         rows_read=read["rows"],
         rows_scored=scored["rows"],
         rows_dead_lettered=dead["rows"],
+        rows_failed_model_call=sum(
+            n for reason, n in dead["counts"].items() if reason.startswith(REASON_MODEL_CALL_FAILED)
+        ),
         label_counts=dict(sorted(scored["counts"].items())),
         dead_letter_reasons=dict(sorted(dead["counts"].items())),
     )
     _check_counts(staging, stats)
+    _check_model_call_failures(stats, max_dead_letter_fraction)
+    _order_shards(staging)
     outputs.write_json(FileSystems.join(staging, STATS_FILE), stats)
-    outputs.finalize(staging, output)
+    outputs.finalize(staging, output, SCORE_STAGE)
 
 
 def score(
@@ -328,11 +407,14 @@ def score(
     columns: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threshold: float | None = None,
+    max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
     beam_args: Sequence[str] | None = None,
 ) -> dict:
     """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
 
-    `threshold` None means the model's own multi-label threshold (model_card.json). When the
+    `threshold` None means the model's own multi-label threshold (model_card.json). The job
+    fails in its last step, publishing nothing, when more than `max_dead_letter_fraction` of
+    the rows read were dead-lettered because the model call failed on them. When the
     runner returns before the job ends (a template launch), returns {"submitted": True, ...}:
     the job finalizes the output itself. Raises ScoreInputError (before any Beam work) for a bad
     model directory, inputs or columns.
@@ -345,7 +427,16 @@ def score(
         raise ScoreInputError(f"--batch_size must be at least 1, got {batch_size}")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ScoreInputError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
+    if not 0.0 <= max_dead_letter_fraction <= 1.0:  # also refuses nan
+        raise ScoreInputError(
+            "--max_dead_letter_fraction must lie between 0 and 1 (both allowed), got "
+            f"{max_dead_letter_fraction}"
+        )
     model_dir = model_dir.rstrip("/")
+    try:
+        outputs.check_replaceable(output, SCORE_STAGE)
+    except outputs.OutputNotReplaceable as err:
+        raise ScoreInputError(str(err)) from None
     model = _load_model_info(model_dir)
     files = _match_inputs(inputs)
     with ThreadPoolExecutor(8) as pool:
@@ -363,6 +454,7 @@ def score(
         "id_column": id_column,
         "columns": passthrough.names,
         "batch_size": batch_size,
+        "max_dead_letter_fraction": max_dead_letter_fraction,
     }
     options = PipelineOptions(list(beam_args or []))
     staging = outputs.staging_dir(output)
@@ -380,6 +472,7 @@ def score(
             batch_size,
             threshold,
             header,
+            max_dead_letter_fraction,
         )
         run_and_log_counters(p, _LOG, (METRICS_NAMESPACE,))
     except BaseException:
@@ -414,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             columns=columns,
             batch_size=args.batch_size,
             threshold=args.threshold,
+            max_dead_letter_fraction=args.max_dead_letter_fraction,
             beam_args=beam_args,
         )
     except ScoreInputError as err:

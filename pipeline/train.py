@@ -3,7 +3,8 @@
 This module wires the training stage: it parses `TrainOptions`, checks the preprocess directory
 (`_SUCCESS`, `preprocess_config.json`, the TFRecords) and the head/loss pairing before any
 training, builds the tf.data input (transforms/training_data.py) and the Keras model
-(transforms/model.py), fits with per-epoch progress, TensorBoard logs and early stopping, then
+(transforms/model.py), fits with per-epoch progress, TensorBoard logs and early stopping (a
+killed run's rerun resumes from its last finished epoch: `TrainingBackup`), then
 writes the model directory under a staging dir and finalizes it with `_SUCCESS` last. The model,
 the input pipeline and the metrics live in `transforms/`; the SavedModel export and the PNGs in
 pipeline/export.py. `train()` is the in-process entry point for the `textclf run` orchestrator.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import json
 import logging
 import os
 import platform
@@ -41,6 +43,7 @@ from transforms.contracts import (
     SUCCESS_FILE,
     TFRECORD_SUFFIX,
     TRAIN,
+    TRAIN_STAGE,
 )
 from transforms.model import ACTIVATIONS, LOSSES, Head, ModelSettings, RefusedPairing, choose_head
 
@@ -194,13 +197,15 @@ def _count_records(pattern: str) -> int:
     return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
-def _epoch_event_logger(log_dir: str):
+def _epoch_event_logger(log_dir: str, replay: dict | None = None):
     """A Keras callback writing per-epoch scalars as TensorBoard event files.
 
     Keras's own TensorBoard callback needs the `tensorboard` package for `tf.summary.scalar`;
     the pinned install does not carry it, so this writes the same `logs/train` and
     `logs/validation` runs (tags `epoch_<metric>`, scalars plugin) with TF core's
-    `tf.summary.write`, which any TensorBoard reads.
+    `tf.summary.write`, which any TensorBoard reads. `replay` (a history, `{metric: [per
+    epoch]}`) is written first, as epochs 0.., when training resumes: the killed run's event
+    files died with its staging dir, and the logs must hold every epoch once.
     """
     import keras
     import tensorflow as tf
@@ -216,6 +221,8 @@ def _epoch_event_logger(log_dir: str):
                 run: tf.summary.create_file_writer(os.path.join(log_dir, run))
                 for run in ("train", "validation")
             }
+            for epoch in range(len((replay or {}).get("loss", []))):
+                self.on_epoch_end(epoch, {k: v[epoch] for k, v in replay.items() if epoch < len(v)})
 
         def on_epoch_end(self, epoch, logs=None):
             for key, value in (logs or {}).items():
@@ -253,8 +260,253 @@ def new_model_version(now: _dt.datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Resuming a killed training (docs/DESIGN.md, Stage 2, "Resume").
+
+BACKUP_KERAS_DIR = "keras"  # keras.callbacks.BackupAndRestore's own files, nothing else
+BACKUP_SETTINGS_FILE = "settings.json"
+BACKUP_STATE_FILE = "state.json"
+_KERAS_WEIGHTS = "latest.weights.h5"  # the names BackupAndRestore writes (Keras 3)
+_KERAS_METADATA = "training_metadata.json"
+
+
+def backup_settings(opts: argparse.Namespace) -> dict:
+    """What a backup was made under; it is reused only when all of it is the same again: every
+    flag but --model_dir, the data dir's `_SUCCESS` time (a re-preprocessed dir differs) and the
+    TensorFlow and Keras versions (the weights file format)."""
+    import keras
+    import tensorflow as tf
+
+    settings = {k: v for k, v in vars(opts).items() if k != "model_dir"}
+    if outputs.is_local(opts.data_dir):
+        settings["data_dir"] = os.path.abspath(opts.data_dir)
+    settings["data_dir_success"] = outputs.read_text(
+        FileSystems.join(opts.data_dir, SUCCESS_FILE)
+    ).strip()
+    settings["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Write `path` whole or not at all: a temp file renamed over it locally (object stores
+    publish an object only when its upload completes)."""
+    if not outputs.is_local(path):
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(_read_bytes(path)).hexdigest()
+
+
+class TrainingBackup:
+    """`outputs.backup_dir(model_dir)`: what a rerun of the same `textclf train` resumes from.
+
+    - `keras/`: `keras.callbacks.BackupAndRestore` (weights and optimizer state after every
+      epoch, and the epoch count), which restores them and makes `fit` start at the next epoch;
+    - `settings.json`: `backup_settings(opts)`; a rerun with any difference discards the backup
+      (logging which settings differ) and starts from epoch 1;
+    - `state.json`: what BackupAndRestore does not keep, written after it at the end of every
+      epoch: the whole history, the early-stopping state (`wait`, `best`, `best_epoch`, and the
+      best weights in `best-<epoch>.npz`), the dropout layers' RNG states (Keras keeps them out
+      of the weights file), whether training stopped, and the SHA-256 of BackupAndRestore's
+      weights file. A kill while the two are written leaves them disagreeing (epoch count or
+      checksum); the backup is then discarded rather than resumed from a mixed state.
+
+    `textclf train` removes the directory after a successful finalize; a failed or killed run
+    leaves it for the rerun.
+    """
+
+    def __init__(self, model_dir: str, settings: dict):
+        self.dir = outputs.backup_dir(model_dir)
+        self.keras_dir = FileSystems.join(self.dir, BACKUP_KERAS_DIR)
+        self.settings = settings
+
+    def _path(self, name: str) -> str:
+        return FileSystems.join(self.dir, name)
+
+    def open(self) -> dict | None:
+        """The saved state when the backup can be resumed from, else None after starting a fresh
+        backup (an unusable one is discarded, with the reason logged)."""
+        state = None
+        if FileSystems.exists(self._path(BACKUP_SETTINGS_FILE)):
+            state, reason = self._usable_state()
+            if state is None:
+                log.info("discarding the training backup %s: %s", self.dir, reason)
+        if state is None:
+            self.discard()
+            if outputs.is_local(self.dir):
+                os.makedirs(self.dir, exist_ok=True)
+            outputs.write_json(self._path(BACKUP_SETTINGS_FILE), self.settings)
+        return state
+
+    def _usable_state(self) -> tuple[dict | None, str]:
+        try:
+            saved = outputs.read_json(self._path(BACKUP_SETTINGS_FILE))
+        except Exception as err:  # noqa: BLE001 - an unreadable backup is only discarded
+            return None, f"cannot read its {BACKUP_SETTINGS_FILE} ({err})"
+        if saved != self.settings:
+            changed = sorted(set(saved) | set(self.settings))
+            changed = [k for k in changed if saved.get(k) != self.settings.get(k)]
+            return None, "it was made with other settings: " + ", ".join(
+                f"{k} {saved.get(k)!r} -> {self.settings.get(k)!r}" for k in changed
+            )
+        if not FileSystems.exists(self._path(BACKUP_STATE_FILE)):
+            return None, "no epoch had finished"
+        try:
+            state = outputs.read_json(self._path(BACKUP_STATE_FILE))
+            keras_meta = outputs.read_json(FileSystems.join(self.keras_dir, _KERAS_METADATA))
+            weights_sha = _sha256(FileSystems.join(self.keras_dir, _KERAS_WEIGHTS))
+            best = state["best_weights"]
+            if best and not FileSystems.exists(self._path(best)):
+                return None, f"{best} is missing"
+        except Exception as err:  # noqa: BLE001
+            return None, f"it is incomplete ({type(err).__name__}: {err})"
+        if (
+            keras_meta.get("epoch") != state["epochs_done"]
+            or weights_sha != state["weights_sha256"]
+        ):
+            return None, "the run was killed while saving an epoch (its files disagree)"
+        return state, ""
+
+    def discard(self) -> None:
+        outputs.discard(self.dir)
+
+    def write_weights(self, name: str, weights: list) -> None:
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez(buffer, *weights)
+        _write_bytes(self._path(name), buffer.getvalue())
+
+    def read_weights(self, name: str) -> list:
+        import io
+
+        import numpy as np
+
+        with np.load(io.BytesIO(_read_bytes(self._path(name)))) as arrays:
+            return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+
+    def write_state(self, state: dict) -> None:
+        state["weights_sha256"] = _sha256(FileSystems.join(self.keras_dir, _KERAS_WEIGHTS))
+        _write_bytes(
+            self._path(BACKUP_STATE_FILE),
+            (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        )
+
+    def remove(self, name: str) -> None:
+        path = self._path(name)
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def _seed_states(model) -> list:
+    """The RNG states of the model's SeedGenerators (dropout masks), in a fixed order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _backup_state_callback(backup: TrainingBackup, early_stopping, state: dict | None):
+    """The Keras callback that keeps `backup`'s state.json and restores from it.
+
+    It must come after EarlyStopping and BackupAndRestore in the callback list: on train begin
+    it restores the early-stopping state that EarlyStopping has just reset, and at every epoch
+    end it records the files BackupAndRestore has just written.
+    """
+    import keras
+
+    class BackupState(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = {k: list(v) for k, v in (state or {}).get("history", {}).items()}
+            self.best_file = (state or {}).get("best_weights")
+
+        def on_train_begin(self, logs=None):
+            if not state:
+                return
+            saved = state["early_stopping"]
+            early_stopping.wait = saved["wait"]
+            early_stopping.best = saved["best"]
+            early_stopping.best_epoch = saved["best_epoch"]
+            if self.best_file:
+                early_stopping.best_weights = backup.read_weights(self.best_file)
+            for variable, value in zip(_seed_states(self.model), state["seed_states"], strict=True):
+                variable.assign(value)
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                self.history.setdefault(key, []).append(float(value))
+            old_best = self.best_file
+            if early_stopping.best_weights is not None and early_stopping.best_epoch == epoch:
+                self.best_file = f"best-{epoch}.npz"
+                backup.write_weights(self.best_file, early_stopping.best_weights)
+            best = early_stopping.best
+            backup.write_state(
+                {
+                    "epochs_done": epoch + 1,
+                    "stopped": bool(self.model.stop_training),
+                    "history": self.history,
+                    "early_stopping": {
+                        "wait": int(early_stopping.wait),
+                        "best": None if best is None else float(best),
+                        "best_epoch": int(early_stopping.best_epoch),
+                    },
+                    "best_weights": self.best_file,
+                    "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)],
+                }
+            )
+            if old_best and old_best != self.best_file:
+                backup.remove(old_best)
+
+    return BackupState()
+
+
+# Iterators Keras 3 (3.15, TF backend) opens on the training dataset per epoch: with a known
+# length and no steps_per_epoch, EpochIterator opens one at the end of each epoch, drops it, and
+# opens another at the start of the next. A resumed run must open as many (see _skip_epochs).
+KERAS_ITERATORS_PER_EPOCH = 2
+
+
+def _skip_epochs(dataset, epochs: int) -> None:
+    """Advance `dataset`'s shuffle order past `epochs` epochs without reading them.
+
+    The training data are shuffled with a fixed seed and `reshuffle_each_iteration`: every
+    iterator opened on the dataset advances its seed generator once, so an epoch's order is
+    fixed by how many iterators were opened before it (2 per epoch, by Keras). A resumed `fit`
+    starts on a fresh dataset, whose first iterator would replay epoch 1's order. Opening and
+    dropping as many iterators as the finished epochs took gives the resumed epochs the orders
+    the uninterrupted run had. Together with the restored weights, optimizer state, dropout RNG
+    states and early-stopping state, a resumed model is bit-identical to an uninterrupted one
+    on CPU (tests/pipeline/test_train.py holds this). Uninterrupted runs are unchanged, so the
+    orders the published figures were measured with are kept; the cost is this dependence on
+    Keras's iterator count, which the test would catch if a Keras upgrade changed it.
+    """
+    for _ in range(KERAS_ITERATORS_PER_EPOCH * epochs):
+        iterator = iter(dataset)
+        del iterator
+
+
 def run_training(opts: argparse.Namespace) -> TrainResult:
     """Check, fit, evaluate, export and finalize; returns the in-memory model beside the files."""
+    try:
+        outputs.check_replaceable(opts.model_dir, TRAIN_STAGE)
+    except outputs.OutputNotReplaceable as err:
+        raise BadInput(str(err)) from None
     config = read_preprocess_config(opts.data_dir)
     head = head_for(config, opts)
     settings = model_settings(opts)
@@ -328,31 +580,65 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
         optimizer=keras.optimizers.Adam(opts.learning_rate), loss=head.loss, metrics=fit_metrics
     )
 
+    # A rerun of a killed training resumes after its last finished epoch (TrainingBackup).
+    backup = TrainingBackup(opts.model_dir, backup_settings(opts))
+    resumed = backup.open()
+    epochs_restored = resumed["epochs_done"] if resumed else 0
     staging = outputs.staging_dir(opts.model_dir)
     try:
-        callbacks = [
-            _epoch_event_logger(os.path.join(staging, LOGS_DIR)),
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=opts.early_stopping_patience,
-                restore_best_weights=True,
-            ),
-        ]
-        log.info(
-            "training on %d rows, validating on %d, for up to %d epochs",
-            train_rows,
-            eval_rows,
-            opts.epochs,
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=opts.early_stopping_patience,
+            restore_best_weights=True,
         )
-        fitted = model.fit(
-            train_ds,
-            validation_data=eval_ds,
-            epochs=opts.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles
-            verbose=2,
+        backup_state = _backup_state_callback(backup, early_stopping, resumed)
+        event_logger = _epoch_event_logger(
+            os.path.join(staging, LOGS_DIR), replay=resumed and resumed["history"]
         )
-        history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+        if resumed and (resumed["stopped"] or epochs_restored >= opts.epochs):
+            # Killed after fitting (while evaluating or exporting): the best weights are what
+            # EarlyStopping would have restored.
+            log.info(
+                "training had finished (%d epochs) before the interruption; exporting the best "
+                "weights from %s",
+                epochs_restored,
+                backup.dir,
+            )
+            model.set_weights(backup.read_weights(resumed["best_weights"]))
+            event_logger.on_train_begin()
+            event_logger.on_train_end()
+        else:
+            if resumed:
+                log.info(
+                    "resuming from epoch %d of %d: epochs 1-%d restored from %s",
+                    epochs_restored + 1,
+                    opts.epochs,
+                    epochs_restored,
+                    backup.dir,
+                )
+                _skip_epochs(train_ds, epochs_restored)
+            log.info(
+                "training on %d rows, validating on %d, for up to %d epochs",
+                train_rows,
+                eval_rows,
+                opts.epochs,
+            )
+            model.fit(
+                train_ds,
+                validation_data=eval_ds,
+                epochs=opts.epochs,
+                callbacks=[
+                    event_logger,
+                    early_stopping,
+                    # Weights, optimizer state and the epoch count; loaded (and `fit` started at
+                    # the next epoch) when `resumed`. Kept after fit: removed after finalize.
+                    keras.callbacks.BackupAndRestore(backup.keras_dir, delete_checkpoint=False),
+                    backup_state,  # after both: see _backup_state_callback
+                ],
+                shuffle=False,  # the tf.data pipeline shuffles
+                verbose=2,
+            )
+        history = backup_state.history  # every epoch, the restored ones included
 
         # Unshuffled, one_hot off: targets as stored, in the same order as the predictions.
         eval_plain = make_dataset(eval_pattern, feature_spec, target_key, opts.batch_size)
@@ -400,16 +686,18 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
                 )
             },
             "epochs_run": metrics["epochs_run"],
+            "epochs_restored": epochs_restored,
             "parameters": int(model.count_params()),
             "layers": layer_shapes(model),
             "versions": _versions(),
         }
         outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), card)
         export.write_reports(history, metrics, class_names, head, staging)
-        outputs.finalize(staging, opts.model_dir)
+        outputs.finalize(staging, opts.model_dir, TRAIN_STAGE)
     except BaseException:
-        outputs.discard(staging)
+        outputs.discard(staging)  # the backup stays, for the rerun
         raise
+    backup.discard()
     log.info("model %s written to %s", card["model_version"], opts.model_dir)
     return TrainResult(model, metrics, history, card)
 
@@ -432,10 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         print(f"textclf train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as err:  # noqa: BLE001 - one line for the user; the traceback goes to the log
-        log.debug("training failed", exc_info=True)
-        print(f"textclf train: failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    # Anything else propagates: pipeline/cli.py prints its traceback and exits 1.
     summary = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
     print(
         f"model written to {opts.model_dir}: "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 
 import keras
@@ -146,3 +147,37 @@ def build_test_model(
     with open(os.path.join(model_dir, SUCCESS_FILE), "w") as f:
         f.write("test fixture\n")
     return class_names
+
+
+POISON_MARKER = "POISON"
+
+
+def build_poisoned_model(model_dir: str, source_dir: str, marker: str = POISON_MARKER) -> None:
+    """A copy of the model directory `source_dir` whose serving signature raises on some rows.
+
+    The new `serving_default` checks, with `tf.debugging.Assert`, that no text in the batch
+    contains `marker`, then calls the source signature: same input, outputs and weights (so the
+    other rows score exactly as with the source model), same labels.txt, model_card.json and
+    _SUCCESS. A batch holding a marked text fails as a whole with InvalidArgumentError.
+    """
+    loaded = tf.saved_model.load(os.path.join(source_dir, SAVED_MODEL_DIR))
+    inner = loaded.signatures[SERVING_SIGNATURE]
+    module = tf.Module()
+    module.source = loaded  # tracked, so the source's variables and assets are saved too
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
+    def serve(text):
+        poisoned = tf.strings.regex_full_match(text, f"(?s).*{marker}.*")
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(poisoned)), [f"a text in the batch contains {marker}"]
+        )
+        with tf.control_dependencies([check]):
+            return inner(**{SERVING_INPUT: tf.identity(text)})
+
+    os.makedirs(model_dir, exist_ok=True)
+    tf.saved_model.save(
+        module, os.path.join(model_dir, SAVED_MODEL_DIR), signatures={SERVING_SIGNATURE: serve}
+    )
+    for name in (LABELS_TXT, MODEL_CARD_FILE, SUCCESS_FILE):
+        if os.path.exists(os.path.join(source_dir, name)):
+            shutil.copyfile(os.path.join(source_dir, name), os.path.join(model_dir, name))

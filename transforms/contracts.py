@@ -25,9 +25,16 @@ TRAIN = "train"
 EVAL = "eval"
 SPLITS = (TRAIN, EVAL)
 
+# Stage names (the `textclf` subcommands that write an output directory).
+PREPROCESS_STAGE = "preprocess"
+TRAIN_STAGE = "train"
+SCORE_STAGE = "score"
+STAGES = (PREPROCESS_STAGE, TRAIN_STAGE, SCORE_STAGE)
+
 # Stage outputs (file and directory names inside an output directory).
 SUCCESS_FILE = "_SUCCESS"
-STATS_FILE = "stats.json"
+STATS_FILE = "stats.json"  # the same bytes on a rerun of the same input and settings
+TIMINGS_FILE = "timings.json"  # preprocess: wall seconds and docs/s, which vary run to run
 CONFIG_FILE = "preprocess_config.json"
 TRANSFORM_FN_DIR = "transform_fn"
 TRANSFORMED_METADATA_DIR = "transformed_metadata"
@@ -81,3 +88,9 @@ PREPROCESS_METRICS = "textclf.preprocess"
 
 # Exit code for bad input detected before any pipeline work.
 EXIT_BAD_INPUT = 2
+
+# Score: the dead-letter reason of a row the model call failed on (isolated by bisecting the
+# failing batch). The full reason is "model call failed (model_version V): ErrorType: <the error
+# message's first line, at most 200 characters>"; stats.json counts these rows under
+# `rows_failed_model_call` and --max_dead_letter_fraction caps them.
+REASON_MODEL_CALL_FAILED = "model call failed"

@@ -61,6 +61,10 @@ DEAD_LETTER_TAG = "dead_letter"
 STATS_TAG = "stats"
 _SPLIT_BUCKETS = 10_000
 _READ_BLOCK_BYTES = 4 << 20
+# A row (or CSV header) that does not fit in a block is read again with a block this many times
+# larger, up to the file's size or pyarrow's limit (block_size is an int32).
+_BLOCK_GROWTH = 4
+_MAX_BLOCK_BYTES = (1 << 31) - 1
 _FALLBACK_BATCH_ROWS = 4096
 
 
@@ -146,23 +150,88 @@ class _GzipReader(gzip.GzipFile):
             self._raw.close()
 
 
+def _read_fully(f, size: int) -> bytes:
+    """Up to `size` bytes; fewer only at the end of the file."""
+    parts, left = [], size
+    while left > 0:
+        part = f.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _has_complete_line(head: bytes) -> bool:
+    """Whether `head` holds a whole non-blank line (one that a newline ends)."""
+    return any(line.strip() for line in head.split(b"\n")[:-1])
+
+
+def _block_too_small(err: Exception) -> bool:
+    """Whether pyarrow's CSV/JSON reader failed because a row did not fit in its block.
+
+    Their readers cut the input into blocks of `block_size` bytes and need each row (and the
+    CSV header) to end within the block after the one it starts in. pyarrow has no option to
+    grow the block by itself: a longer row fails the whole read with "straddling object
+    straddles two block boundaries (try to increase block size?)", a CSV header longer than a
+    block with "Empty CSV file or block: cannot infer number of columns". Hence the retries
+    written here, with a larger block_size (pyarrow's own knob).
+    """
+    message = str(err)
+    return "block size" in message or "Empty CSV file or block" in message
+
+
+def _grown_block(block: int, limit: int) -> int | None:
+    grown = min(block * _BLOCK_GROWTH, limit, _MAX_BLOCK_BYTES)
+    return grown if grown > block else None
+
+
+def _position(f) -> int:
+    """How far a reader got into `f` (uncompressed bytes for .gz); unknown counts as far."""
+    try:
+        return f.tell()
+    except (OSError, ValueError, AttributeError):
+        return _MAX_BLOCK_BYTES
+
+
 def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
-    """The schema of a file as this module would read it (first block only for CSV/JSONL)."""
+    """The schema of a file as this module would read it (first block only for CSV/JSONL).
+
+    The first block grows (like the reader's, see `_block_too_small`) until it holds the CSV
+    header or a complete JSONL line, so a header or first line of any size is checked.
+    """
     if fmt == "parquet":
         with FileSystems.open(path) as f:
             return pq.read_schema(f)
+    block = _READ_BLOCK_BYTES
     with _open(path) as f:
-        head = f.read(_READ_BLOCK_BYTES)
-    if fmt == "csv":
-        read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
-        # Malformed rows are the reader's business (dead letters), not a reason to refuse the file.
-        parse = pacsv.ParseOptions(
-            delimiter=csv_delimiter_for(path, spec),
-            newlines_in_values=True,
-            invalid_row_handler=lambda row: "skip",
-        )
-        reader = pacsv.open_csv(io.BytesIO(head), read_options=read, parse_options=parse)
-        return reader.schema
+        head = _read_fully(f, block)
+        if fmt == "csv":
+            # Malformed rows are the reader's business (dead letters), not a reason to refuse
+            # the file; so is the head's last row, which the block may cut.
+            parse = pacsv.ParseOptions(
+                delimiter=csv_delimiter_for(path, spec),
+                newlines_in_values=True,
+                invalid_row_handler=lambda row: "skip",
+            )
+            while True:
+                read = pacsv.ReadOptions(block_size=max(block, 1))
+                try:
+                    return pacsv.open_csv(
+                        io.BytesIO(head), read_options=read, parse_options=parse
+                    ).schema
+                except pa.ArrowInvalid as err:
+                    grown = _grown_block(block, _MAX_BLOCK_BYTES)
+                    if len(head) < block or not _block_too_small(err) or grown is None:
+                        raise
+                head += _read_fully(f, grown - len(head))
+                block = grown
+        while len(head) == block and not _has_complete_line(head):
+            grown = _grown_block(block, _MAX_BLOCK_BYTES)
+            if grown is None:
+                break
+            head += _read_fully(f, grown - len(head))
+            block = grown
     # JSONL: parse the complete lines of the first block with Python, to see the types users meant.
     fields: dict[str, set] = {}
     for line in head.split(b"\n")[:-1] or head.split(b"\n"):
@@ -271,9 +340,10 @@ def inspect_corpus(spec: CorpusSpec) -> dict:
 class _ReadDelimitedFile(beam.DoFn):
     """One CSV or JSONL file -> record batches of the needed columns, streamed block by block.
 
-    A JSONL file that pyarrow cannot parse as a whole (a bad line, a bad byte, a type that
-    changes mid-file) is re-read line by line from where the fast reader stopped; bad lines
-    become dead letters instead of failing the job.
+    A row larger than the read block (4 MiB) is read by reading the file again with a larger
+    block (`_read_growing`). A JSONL file that pyarrow cannot parse as a whole for another reason
+    (a bad line, a bad byte, a type that changes mid-file) is re-read line by line from where
+    the fast reader stopped; bad lines become dead letters instead of failing the job.
     """
 
     def __init__(self, spec: CorpusSpec, fmt: str):
@@ -282,42 +352,104 @@ class _ReadDelimitedFile(beam.DoFn):
 
     def process(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
-        columns = self._spec.columns
+        # A .gz file's size on disk says nothing of its rows: only pyarrow's limit bounds those.
+        size = None if path.endswith(".gz") else readable.metadata.size_in_bytes
         if self._fmt == "csv":
-            read, parse, convert = _csv_options(self._spec, columns, path)
+            yield from self._read_growing(path, size, self._csv_blocks(path), on_error=None)
+        else:
+            columns = self._spec.columns
+            yield from self._read_growing(
+                path,
+                size,
+                self._jsonl_blocks(columns),
+                on_error=lambda done: self._read_jsonl_by_line(path, columns, skip=done),
+            )
+
+    def _csv_blocks(self, path):
+        read, parse, convert = _csv_options(self._spec, self._spec.columns, path)
+
+        def read_blocks(f, block_size: int, use_threads: bool):
             bad_rows = []
 
             def on_invalid_row(row):
                 bad_rows.append(row)
                 return "skip"
 
-            parse = pacsv.ParseOptions(
+            read.block_size, read.use_threads = block_size, use_threads
+            parse_rows = pacsv.ParseOptions(
                 delimiter=parse.delimiter,
                 newlines_in_values=True,
                 invalid_row_handler=on_invalid_row,
             )
-            with _open(path) as f:
-                for batch in pacsv.open_csv(
-                    f, read_options=read, parse_options=parse, convert_options=convert
-                ):
-                    yield batch
-                    yield from self._dead_rows(path, bad_rows)
+            for batch in pacsv.open_csv(
+                f, read_options=read, parse_options=parse_rows, convert_options=convert
+            ):
+                yield batch
+                yield from self._dead_rows(path, bad_rows)
             yield from self._dead_rows(path, bad_rows)
-            return
-        emitted = 0
-        try:
+
+        return read_blocks
+
+    @staticmethod
+    def _jsonl_blocks(columns):
+        def read_blocks(f, block_size: int, use_threads: bool):
+            read = pajson.ReadOptions(block_size=block_size, use_threads=use_threads)
+            for batch in pajson.open_json(f, read_options=read):
+                yield _select(batch, columns)
+
+        return read_blocks
+
+    def _read_growing(self, path, size, read_blocks, on_error):
+        """What `read_blocks(file, block_size, use_threads)` yields (record batches and dead
+        letters, each in file order), read again with a larger block while a row does not fit.
+
+        pyarrow's streaming readers cannot be resumed at a row, nor told to grow their block
+        (see `_block_too_small`), so a retry reads the file again from its start (a fresh
+        reader, pyarrow's own parsing) and hands on only what the failed read had not: it skips
+        as many rows and dead letters as were already handed on. The same bytes give the same
+        rows in the same order whatever the block size, so no row is lost or handed on twice.
+        Ordinary files are read once with the 4 MiB block, as before. Only a file with a larger
+        row pays for the re-reads, fewer for the block growing 4x each time; those re-reads run
+        serially (use_threads=False: no read-ahead of several large blocks), so memory stays
+        near a block and a batch. An Arrow error that a larger block cannot help goes to
+        `on_error(rows handed on)` (the JSONL line-by-line reader), or is raised when it is None.
+        """
+        block = _READ_BLOCK_BYTES
+        limit = _MAX_BLOCK_BYTES if size is None else max(size + 1, block)
+        rows_done = dead_done = 0
+        while True:
+            rows_skip, dead_skip = rows_done, dead_done
+            failed = None
             with _open(path) as f:
-                reader = pajson.open_json(
-                    f, read_options=pajson.ReadOptions(block_size=_READ_BLOCK_BYTES)
-                )
-                for batch in reader:
-                    batch = _select(batch, columns)
-                    emitted += batch.num_rows
-                    yield batch
-            return
-        except pa.ArrowException:
-            pass
-        yield from self._read_jsonl_by_line(path, columns, skip=emitted)
+                try:
+                    for item in read_blocks(f, block, block == _READ_BLOCK_BYTES):
+                        if isinstance(item, pa.RecordBatch):
+                            if rows_skip >= item.num_rows:
+                                rows_skip -= item.num_rows
+                                continue
+                            if rows_skip:
+                                item, rows_skip = item.slice(rows_skip), 0
+                            rows_done += item.num_rows
+                        elif dead_skip:
+                            dead_skip -= 1
+                            continue
+                        else:
+                            dead_done += 1
+                        yield item
+                    break
+                except pa.ArrowException as err:
+                    grown = _grown_block(block, limit) if _block_too_small(err) else None
+                    # A read that ended before a full block saw the whole file: a larger block
+                    # would read the same.
+                    if grown is not None and _position(f) >= block:
+                        block = grown
+                        continue
+                    if on_error is None:
+                        raise
+                    failed = err
+            if failed is not None:
+                yield from on_error(rows_done)
+                break
 
     def _dead_rows(self, path, bad_rows):
         while bad_rows:
@@ -454,9 +586,10 @@ class ReadCorpus(beam.PTransform):
 
     Parquet files are read row group by row group (the unit Beam's own Parquet source splits
     on), CSV and JSONL file by file with pyarrow's streaming readers; both hand on record
-    batches of at most `batch_rows` rows (CSV/JSONL: one 4 MiB block), so memory is bounded by
-    a batch, not a file. Returns a dict of PCollections: 'batches' and, when there are CSV or
-    JSONL files, DEAD_LETTER_TAG (rows that could not be parsed).
+    batches of at most `batch_rows` rows (CSV/JSONL: one 4 MiB block, or a larger one in a file
+    with a row that does not fit in 4 MiB), so memory is bounded by a batch, not a file.
+    Returns a dict of PCollections: 'batches' and, when there are CSV or JSONL files,
+    DEAD_LETTER_TAG (rows that could not be parsed).
     """
 
     def __init__(self, spec: CorpusSpec, files: dict[str, str], batch_rows: int = 8192):

@@ -4,7 +4,9 @@ This module owns applying an exported text classifier (the training stage's `sav
 raw-text `serving_default` signature, see docs/DESIGN.md Stage 2) to a PCollection of
 `pyarrow.Table`s: splitting rows with unusable text off to a dead-letter table, calling the
 signature once per `batch_size` slice, and appending the prediction columns with numpy/pyarrow
-vectorised code (no Python loop over rows). The model is loaded once per worker process through
+vectorised code (no Python loop over rows). A slice whose call raises is bisected until the rows
+that fail on their own are found; only those are dead-lettered (`model_call_failure_reason`), the
+rest are scored. The model is loaded once per worker process through
 `apache_beam.utils.shared.Shared`. It does not parse flags, match files, read or write Parquet, or
 decide where outputs go: `pipeline/score.py` does that.
 """
@@ -12,6 +14,7 @@ decide where outputs go: `pipeline/score.py` does that.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +39,7 @@ from transforms.contracts import (
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
     REASON_COLUMN,
+    REASON_MODEL_CALL_FAILED,
     REASON_TEXT_EMPTY,
     REASON_TEXT_NOT_STRING,
     REASON_TEXT_NULL,
@@ -45,10 +49,16 @@ from transforms.contracts import (
     SERVING_SIGNATURE,
 )
 
+_LOG = logging.getLogger(__name__)
+
 DEAD_LETTER_TAG = "dead_letter"
 METRICS_NAMESPACE = "textclf.score"
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_THRESHOLD = 0.5  # a multi-label model whose card names no threshold
+# At most this fraction of the rows read may be dead-lettered because the model call failed on
+# them (pipeline/score.py's --max_dead_letter_fraction, checked when the job finalizes).
+DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.01
+MAX_ERROR_MESSAGE_CHARS = 200  # of the error message's first line, in a dead-letter reason
 
 
 def is_text_type(arrow_type: pa.DataType) -> bool:
@@ -202,6 +212,40 @@ def unusable_text_reasons(text: pa.Array) -> pa.Array:
     )
 
 
+def _error_headline(error: BaseException) -> str:
+    """The first line of `error`'s message that says what went wrong.
+
+    TensorFlow wraps an op's error from a graph function as "Graph execution error:", "Detected
+    at node N defined at (most recent call last):", the node's stack (indented lines, or
+    "<stack traces unavailable>"), maybe "Node: 'N'", then the op's own message: those
+    preamble lines are skipped. Otherwise it is the first non-blank line.
+    """
+    message = getattr(error, "message", None)  # TensorFlow's OpError: without the node def
+    lines = (message if isinstance(message, str) else str(error)).splitlines()
+    if lines and lines[0].strip().startswith("Graph execution error"):
+        preamble = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
+        lines = [
+            line
+            for line in lines
+            if line[:1].strip() and not line.startswith((*preamble, "Node: "))
+        ] or lines
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+def model_call_failure_reason(error: BaseException, model_version: str) -> str:
+    """The dead-letter reason of a row the model call failed on:
+    "model call failed (model_version V): ErrorType: <the message's first line>", that line cut
+    to MAX_ERROR_MESSAGE_CHARS. The model version is part of the reason (not a dead-letter
+    column), so every dead-letter file keeps one schema whatever its reasons."""
+    line = _error_headline(error)
+    if len(line) > MAX_ERROR_MESSAGE_CHARS:
+        line = line[: MAX_ERROR_MESSAGE_CHARS - 3] + "..."
+    return (
+        f"{REASON_MODEL_CALL_FAILED} (model_version {model_version}): "
+        f"{type(error).__name__}: {line}"
+    )
+
+
 def prediction_arrays(
     probabilities: np.ndarray, model: ScoringModel, threshold: float | None = None
 ) -> list[pa.Array]:
@@ -236,6 +280,12 @@ class ScoreTablesFn(beam.DoFn):
 
     One output table per input table (a Parquet row group in, a row group out), so output row
     groups keep the input's size however small `batch_size` is.
+
+    A `batch_size` slice whose model call raises (any exception) is split in halves, and each
+    failing half again, until the rows that fail alone are isolated (2k - 1 calls for k rows if
+    all fail, about 2 log2(batch_size) per isolated row otherwise). Those rows are dead-lettered
+    with `model_call_failure_reason`; the others are scored in their order, as if nothing failed.
+    Counters `rows_failed_model_call` and `model_calls_failed` (calls that raised) count them.
     """
 
     def __init__(
@@ -257,6 +307,8 @@ class ScoreTablesFn(beam.DoFn):
         self._rows_scored = Metrics.counter(METRICS_NAMESPACE, "rows_scored")
         self._rows_dead = Metrics.counter(METRICS_NAMESPACE, "rows_dead_lettered")
         self._batches = Metrics.counter(METRICS_NAMESPACE, "batches")
+        self._rows_failed = Metrics.counter(METRICS_NAMESPACE, "rows_failed_model_call")
+        self._calls_failed = Metrics.counter(METRICS_NAMESPACE, "model_calls_failed")
         self._load_ms = Metrics.distribution(METRICS_NAMESPACE, "model_load_ms")
 
     def setup(self):
@@ -287,10 +339,29 @@ class ScoreTablesFn(beam.DoFn):
             passthrough, text = passthrough.filter(usable), text.filter(usable)
         if passthrough.num_rows == 0:
             return
-        chunks = []
+        chunks, failed = [], []
         for start in range(0, len(text), self._batch_size):
-            chunks.append(self._loaded.probabilities(text.slice(start, self._batch_size)))
+            batch = text.slice(start, self._batch_size)
+            try:
+                chunks.append(self._loaded.probabilities(batch))
+            except Exception as err:  # noqa: BLE001 - any failure of the call: isolate its rows
+                _LOG.warning(
+                    "model call failed on %d rows; bisecting to find the failing rows: %s",
+                    len(batch),
+                    model_call_failure_reason(err, self._model.model_version),
+                )
+                chunks.extend(self._bisect(batch, start, err, failed))
             self._batches.inc()
+        if failed:
+            # Rare path: dead-letter the rows the model call failed on, keep the rest in order.
+            rows, reasons = zip(*failed)
+            yield from self._dead_letter(passthrough.take(pa.array(rows)), pa.array(reasons))
+            self._rows_failed.inc(len(rows))
+            ok = np.ones(passthrough.num_rows, dtype=bool)
+            ok[list(rows)] = False
+            passthrough = passthrough.filter(pa.array(ok))
+            if passthrough.num_rows == 0:
+                return
         probabilities = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         columns = [
             *passthrough.columns,
@@ -298,6 +369,25 @@ class ScoreTablesFn(beam.DoFn):
         ]
         self._rows_scored.inc(passthrough.num_rows)
         yield pa.Table.from_arrays(columns, schema=self._scored_schema)
+
+    def _bisect(self, texts: pa.Array, start: int, error: Exception, failed: list) -> list:
+        """`texts` (rows `start`... of the usable text) failed one model call with `error`:
+        call each half in turn, splitting again whichever fails, down to single rows. Returns
+        the probabilities of the rows that scored, in row order (one array per successful
+        call); appends (row, reason) to `failed` for each row that fails on its own."""
+        self._calls_failed.inc()
+        if len(texts) == 1:
+            failed.append((start, model_call_failure_reason(error, self._model.model_version)))
+            return []
+        half = len(texts) // 2
+        chunks = []
+        for offset, length in ((0, half), (half, len(texts) - half)):
+            part = texts.slice(offset, length)
+            try:
+                chunks.append(self._loaded.probabilities(part))
+            except Exception as err:  # noqa: BLE001
+                chunks.extend(self._bisect(part, start + offset, err, failed))
+        return chunks
 
     def _dead_letter(self, passthrough: pa.Table, reasons: pa.Array):
         if passthrough.num_rows:

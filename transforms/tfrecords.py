@@ -1,8 +1,8 @@
 """Transformed record batches -> per-split serialized tf.Examples, bundle files, statistics.
 
 `SplitAndEncode` takes tf.Transform's output batches (with the pass-through `split` column),
-encodes each split's rows with tfx_bsl's `RecordBatchToExamples` (vectorised, in C++), and emits
-one tagged output per split. It also emits a small statistics dict per batch (token lengths,
+encodes each split's rows as tf.Examples with `encode_examples` (vectorised with numpy and Arrow,
+the same bytes in every process), and emits one tagged output per split. It also emits a small statistics dict per batch (token lengths,
 OOV ids) that preprocess folds with the reader's counts into the numbers of stats.json.
 `WriteBundleFiles` writes each bundle's records (TFRecord framing, gzip) or JSON lines into one
 temp file and reports it; `publish_bundle_files` gives the reported files their shard names.
@@ -21,13 +21,12 @@ import zlib
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
-from tensorflow.core.example import example_pb2
-from tfx_bsl.coders import example_coder
 
 from transforms.contracts import (
     NUM_TOKENS_KEY,
@@ -74,7 +73,112 @@ class SplitAndEncode(beam.DoFn):
             if mask.any():
                 self._written[name].inc(int(mask.sum()))
                 part = features.filter(pa.array(mask)) if not mask.all() else features
-                yield beam.pvalue.TaggedOutput(name, example_coder.RecordBatchToExamples(part))
+                yield beam.pvalue.TaggedOutput(name, encode_examples(part))
+
+
+_EMPTY = pa.scalar(b"", pa.large_binary())
+# Field keys (field number << 3 | wire type 2) of the messages a tf.train.Example is made of.
+_FIELD_1, _FIELD_2, _INT64_LIST, _FLOAT_LIST = b"\x0a", b"\x12", b"\x1a", b"\x12"
+
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Protobuf base-128 varints of integer `values` (a negative int64 as its uint64, as protobuf
+    writes it): (the bytes of all of them in order, each one's byte count)."""
+    v = np.ascontiguousarray(values).astype(np.int64, copy=False).view(np.uint64)
+    if not v.size:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    top = int(v.max())
+    width = max(1, (top.bit_length() + 6) // 7)
+    if width == 1:
+        return v.astype(np.uint8), np.ones(v.size, np.int64)
+    unsigned = np.uint32 if top < 2**32 else np.uint64
+    rest = v.astype(unsigned)
+    groups = np.empty((v.size, width), np.uint8)
+    nbytes = np.ones(v.size, np.uint8)
+    for k in range(width):
+        more = rest > unsigned(0x7F)
+        groups[:, k] = rest.astype(np.uint8) & np.uint8(0x7F)
+        groups[:, k] |= more.view(np.uint8) << np.uint8(7)
+        if k + 1 < width:
+            nbytes += more.view(np.uint8)
+            rest = rest >> unsigned(7)
+    keep = np.arange(width, dtype=np.uint8)[None, :] < nbytes[:, None]
+    return groups[keep], nbytes.astype(np.int64)
+
+
+def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """A large_binary array over `data`, cut into pieces of `lengths` bytes."""
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _varint_size(values: np.ndarray) -> np.ndarray:
+    return _varints(values)[1]
+
+
+def _header(key: bytes, lengths: np.ndarray) -> pa.Array:
+    """Each row's `key` byte and varint length: the head of a length-delimited field."""
+    return pc.binary_join_element_wise(
+        pa.scalar(key, pa.large_binary()), _binary(*_varints(lengths)), _EMPTY
+    )
+
+
+def _packed_values(column: pa.Array) -> tuple[bytes, pa.Array, np.ndarray]:
+    """A list<integer> or list<floating> column -> (the Feature field key for its kind, each row's
+    packed values, their byte lengths)."""
+    column = column.cast(pa.large_list(column.type.value_type))
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    if pa.types.is_integer(column.type.value_type):
+        data, nbytes = _varints(values)
+        ends = np.zeros(len(nbytes) + 1, np.int64)
+        np.cumsum(nbytes, out=ends[1:])
+        return _INT64_LIST, _binary(data, np.diff(ends[offsets])), np.diff(ends[offsets])
+    if pa.types.is_floating(column.type.value_type):
+        data = np.ascontiguousarray(values, dtype="<f4").view(np.uint8)
+        lengths = np.diff(offsets) * 4
+        return _FLOAT_LIST, _binary(data, lengths), lengths
+    raise TypeError(f"tf.Example encoding of {column.type} is not supported")
+
+
+def encode_examples(batch: pa.RecordBatch) -> list[bytes]:
+    """Record batch of list<int64>/list<float32> columns -> one serialized tf.train.Example per row,
+    the same bytes for the same rows in every process.
+
+    tfx_bsl's `RecordBatchToExamples` (protobuf's C++ map) writes the feature map in an order
+    that differs between processes, so reruns gave TFRecords with other bytes. This writes the
+    wire format itself, vectorised over the batch with numpy and Arrow, in the order protobuf's
+    deterministic serialization uses (keys by bytes, a key before its extensions... longer
+    first); tests/transforms/test_tfrecords.py holds it equal to
+    `SerializeToString(deterministic=True)`. Per row: Example.features -> Features.feature map
+    entries {key, value: Feature{int64_list|float_list{packed value}}}.
+    """
+    pieces, total = [], np.zeros(batch.num_rows, np.int64)
+    for name in sorted(batch.schema.names, key=lambda n: n.encode("utf-8") + b"\xff"):
+        kind, packed, packed_len = _packed_values(batch.column(name))
+        key = name.encode("utf-8")
+        key_field = _FIELD_1 + bytes(_varints(np.array([len(key)]))[0]) + key
+        # An empty packed list writes nothing; the Feature still names its kind.
+        list_len = np.where(packed_len > 0, 1 + _varint_size(packed_len) + packed_len, 0)
+        list_head = _header(_FIELD_1, packed_len)
+        if not packed_len.all():
+            list_head = pc.if_else(pa.array(packed_len > 0), list_head, _EMPTY)
+        feature_len = 1 + _varint_size(list_len) + list_len
+        entry_len = len(key_field) + 1 + _varint_size(feature_len) + feature_len
+        pieces += [
+            _header(_FIELD_1, entry_len),  # Features.feature (a map entry)
+            pa.scalar(key_field, pa.large_binary()),  # entry.key
+            _header(_FIELD_2, feature_len),  # entry.value: the Feature
+            _header(kind, list_len),  # Feature.int64_list or float_list
+            list_head,  # Int64List/FloatList.value, packed
+            packed,
+        ]
+        total += 1 + _varint_size(entry_len) + entry_len
+    return pc.binary_join_element_wise(_header(_FIELD_1, total), *pieces, _EMPTY).to_pylist()
 
 
 class _FastGzipWriter:
@@ -145,13 +249,8 @@ def tfrecord_batch(records: list[bytes]) -> tuple[bytes, int]:
 
 
 def example_order_key(records: list[bytes]) -> bytes:
-    """The first few tf.Examples of a batch, serialized deterministically: their content, not
-    their bytes, which protobuf does not keep from one process to the next (a map's entries
-    are written in hash order). Computed once per bundle."""
-    return b"".join(
-        example_pb2.Example.FromString(r).SerializeToString(deterministic=True)
-        for r in records[:16]
-    )
+    """The first few records of a bundle: what orders its shard among the others."""
+    return b"".join(records[:16])
 
 
 def json_line(record: dict) -> tuple[bytes, int]:

@@ -1,8 +1,11 @@
 """The whole preprocess stage on small real files (CSV, JSONL, Parquet) with the DirectRunner."""
 
 import collections
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -334,3 +337,95 @@ def test_a_label_with_a_line_break_is_dead_lettered_not_left_unlabeled(tmp_path,
     assert sorted(d["row"]["text"] for d in read_dead_letters(out)) == sorted(texts[1::4])
     vocab = read_lines(f"{out}/transform_fn/assets/label_vocab")
     assert vocab == (["extra", "sports", "science"] if multi_label else ["sports", "science"])
+
+
+@pytest.mark.slow
+def test_a_csv_with_a_10_mb_document_preprocesses_and_counts_it(tmp_path):
+    # One document far larger than the reader's 4 MiB block, between ordinary rows: the reader
+    # reads the file again with a larger block instead of failing the stage.
+    big = " ".join(WORDS[(i * 5) % 12] for i in range(1_900_000)) + ', "quoted"\nend'
+    assert len(big) > 10 * 2**20
+    lines = ["text,label"] + [f"{WORDS[i % 12]} small,{'ab'[i % 2]}" for i in range(40)]
+    lines.append('"' + big.replace('"', '""') + '",b')
+    lines += [f"{WORDS[i % 12]} after,{'ab'[i % 2]}" for i in range(40)]
+    path = tmp_path / "corpus.csv"
+    path.write_text("\n".join(lines) + "\n")
+    code, out = run(
+        tmp_path,
+        "out",
+        ["--input", str(path), "--sequence_length", "6", "--runner=FnApiRunner"],
+    )
+    assert code == 0
+    stats = stats_of(out)
+    assert stats["rows_read"] == 81 and stats["rows_accounted"]
+    assert stats["rows_dead_lettered"] == 0
+    assert sum(stats["rows_written"].values()) == 81
+    assert len(read_examples(out, "train") + read_examples(out, "eval")) == 81
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("header_only.csv", "text,label\n", "no rows to preprocess: the input holds no data rows"),
+        (
+            "all_dead.jsonl",
+            '{"text": "  ", "label": "a"}\n{"text": null, "label": "b"}\n{"text": "x", "label": ""}\n',
+            "no rows to preprocess: 3 rows read, all dead-lettered "
+            "(label is missing: 1, text is empty: 1, text is null: 1)",
+        ),
+    ],
+)
+def test_a_corpus_with_no_usable_rows_exits_2_and_publishes_nothing(
+    tmp_path, capsys, name, content, message
+):
+    path = tmp_path / name
+    path.write_text(content)
+    code, out = run(tmp_path, "out", ["--input", str(path), "--runner=FnApiRunner"])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err == f"textclf preprocess: {message}", err
+    assert sorted(os.listdir(tmp_path)) == [name]  # no output, no staging dir left
+
+
+def test_an_empty_parquet_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "empty.parquet"
+    pq.write_table(
+        pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.string())}), path
+    )
+    code, out = run(tmp_path, "out", ["--input", str(path), "--runner=FnApiRunner"])
+    assert code == EXIT_BAD_INPUT
+    assert "no rows to preprocess" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_a_rerun_in_another_process_writes_byte_identical_files(tmp_path):
+    rows = corpus(300)
+    rows[3]["body"] = ""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    argv = ["--input", str(path), "--text_column", "body", "--label_column", "topic"]
+    argv += ["--sequence_length", "8", "--runner=FnApiRunner", "--batch_rows", "64"]
+    digests = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "preprocess", *argv, "--output_dir", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        files = {}
+        for dirpath, _, names in os.walk(out):
+            for n in names:
+                rel = os.path.relpath(os.path.join(dirpath, n), out)
+                if rel.endswith((".tfrecord.gz", ".jsonl", ".json")) or "assets" in rel:
+                    with open(os.path.join(dirpath, n), "rb") as f:
+                        files[rel] = hashlib.sha256(f.read()).hexdigest()
+        digests.append(files)
+    assert {"stats.json", "preprocess_config.json", "transform_fn/assets/token_vocab"} <= set(
+        digests[0]
+    )
+    assert "timings.json" in digests[0]
+    digests[0].pop("timings.json"), digests[1].pop("timings.json")  # wall time varies
+    assert digests[0] == digests[1]

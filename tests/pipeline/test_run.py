@@ -140,7 +140,7 @@ class FakeStages:
                     "label_counts": {"a": 59},
                 },
             )
-        outputs.finalize(staging, out)
+        outputs.finalize(staging, out, stage)
         return 0, None
 
 

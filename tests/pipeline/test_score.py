@@ -7,15 +7,18 @@ import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
 from pipeline.score import build_parser, finalize, main, score
-from tests.model_fixtures import build_test_model
+from tests.model_fixtures import POISON_MARKER, build_poisoned_model, build_test_model
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
@@ -27,6 +30,7 @@ from transforms.contracts import (
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
     REASON_COLUMN,
+    REASON_MODEL_CALL_FAILED,
     REASON_TEXT_EMPTY,
     REASON_TEXT_NULL,
     SAVED_MODEL_DIR,
@@ -323,7 +327,8 @@ def test_non_string_text_column_exits_2(model_dir, small_input, tmp_path, capsys
 def test_help_lists_the_score_flags():
     text = build_parser().format_help()
     for flag in ["--model_dir", "--input", "--output", "--text_column", "--id_column",
-                 "--batch_size", "--columns", "--threshold"]:  # fmt: skip
+                 "--batch_size", "--columns", "--threshold",
+                 "--max_dead_letter_fraction"]:  # fmt: skip
         assert flag in text
 
 
@@ -337,3 +342,180 @@ def test_multi_processing_direct_runner_gives_the_same_counts(model_dir, tmp_pat
     )  # fmt: skip
     assert stats["rows_read"] == 80
     assert stats["rows_scored"] == read_dir(str(tmp_path / "scores"), "part").num_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# A model call that fails on some rows: those rows are dead-lettered, counted and capped.
+
+MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def poisoned_model_dir(model_dir, tmp_path_factory) -> str:
+    """`model_dir` behind a signature that raises on any batch holding a POISON text."""
+    path = str(tmp_path_factory.mktemp("models") / "poisoned")
+    build_poisoned_model(path, model_dir)
+    return path
+
+
+def poisoned_corpus(n: int, poisoned) -> pa.Table:
+    """corpus(0, n) with the texts of the rows `poisoned` marked for the poisoned model."""
+    table = corpus(0, n)
+    texts = table.column("body").to_pylist()
+    for i in poisoned:
+        texts[i] = f"good {POISON_MARKER} film {i}"
+    return table.set_column(1, "body", pa.array(texts, pa.string()))
+
+
+def score_argv(model: str, inputs: str, out: str, *extra: str) -> list[str]:
+    return ["--model_dir", model, "--input", inputs, "--output", out, "--text_column", "body",
+            "--id_column", "id", "--batch_size", "32", *extra]  # fmt: skip
+
+
+def read_stats(out: str) -> dict:
+    with open(os.path.join(out, STATS_FILE)) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize(
+    "beam_args",
+    [
+        pytest.param([], id="in_process"),
+        pytest.param(
+            ["--runner=DirectRunner", *MULTI_PROCESSING],
+            id="multi_processing",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_rows_the_model_call_fails_on_are_dead_lettered_and_counted_the_rest_scored(
+    model_dir, poisoned_model_dir, tmp_path, beam_args
+):
+    poisoned = [10, 150]
+    source = poisoned_corpus(300, poisoned)
+    pq.write_table(source, tmp_path / "in.parquet", row_group_size=100)
+    inputs = str(tmp_path / "in.parquet")
+    clean_out, out = str(tmp_path / "clean"), str(tmp_path / "scores")
+
+    assert main(score_argv(model_dir, inputs, clean_out)) == 0
+    assert main(score_argv(poisoned_model_dir, inputs, out, *beam_args)) == 0
+
+    clean, clean_stats = read_dir(clean_out, "part").sort_by("id"), read_stats(clean_out)
+    failed = pc.is_in(clean.column("id"), pa.array(poisoned, pa.int64()))
+    # Every other row is scored as by the fault-free model (the rows of a failed 32-row call
+    # were scored in smaller calls: their probabilities may differ in the last bit).
+    got, want = read_dir(out, "part").sort_by("id"), clean.filter(pc.invert(failed))
+    values = [SCORE_COLUMN, PROBABILITIES_COLUMN]
+    assert got.drop_columns(values) == want.drop_columns(values)
+    np.testing.assert_allclose(
+        np.array(got.column(PROBABILITIES_COLUMN).to_pylist()),
+        np.array(want.column(PROBABILITIES_COLUMN).to_pylist()),
+        rtol=1e-6,
+    )
+    dead = read_dir(out, "dead_letter").sort_by("id")
+    clean_dead = read_dir(clean_out, "dead_letter")
+    assert dead.schema == clean_dead.schema  # the dead-letter columns are unchanged
+    model_dead = dead.filter(pc.starts_with(dead.column(REASON_COLUMN), REASON_MODEL_CALL_FAILED))
+    assert model_dead.column("id").to_pylist() == poisoned
+    assert model_dead.drop_columns([REASON_COLUMN]) == source.take(poisoned)
+    [reason] = set(model_dead.column(REASON_COLUMN).to_pylist())
+    assert reason.startswith(
+        f"{REASON_MODEL_CALL_FAILED} (model_version test-model-v1): InvalidArgumentError: "
+    )
+    # stats.json accounts for them.
+    stats = read_stats(out)
+    assert stats["rows_read"] == clean_stats["rows_read"] == 300
+    assert stats["rows_failed_model_call"] == 2 and clean_stats["rows_failed_model_call"] == 0
+    assert stats["rows_dead_lettered"] == clean_stats["rows_dead_lettered"] + 2 == dead.num_rows
+    assert stats["rows_scored"] == clean_stats["rows_scored"] - 2
+    assert stats["dead_letter_reasons"] == {**clean_stats["dead_letter_reasons"], reason: 2}
+    label_counts = dict(clean_stats["label_counts"])
+    for label in clean.filter(failed).column(PREDICTED_LABEL_COLUMN).to_pylist():
+        label_counts[label] -= 1
+    assert stats["label_counts"] == {k: n for k, n in label_counts.items() if n}
+    assert stats["max_dead_letter_fraction"] == 0.01
+    assert os.path.exists(os.path.join(out, SUCCESS_FILE))
+
+
+def test_more_model_call_failures_than_the_cap_exit_1_and_publish_nothing(
+    poisoned_model_dir, tmp_path
+):
+    # 5 of 200 rows fail the model call (2.5%); about a fifth are null or blank text, which
+    # the cap does not count.
+    pq.write_table(poisoned_corpus(200, range(1, 200, 40)), tmp_path / "in.parquet")
+    inputs, out = str(tmp_path / "in.parquet"), str(tmp_path / "scores")
+
+    job = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "score",
+         *score_argv(poisoned_model_dir, inputs, out, "--max_dead_letter_fraction", "0.02")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert job.returncode == 1, job.stderr[-3000:]
+    assert "model call failed for 5 of 200 rows read (2.50%)" in job.stderr
+    assert "more than --max_dead_letter_fraction 0.02" in job.stderr
+    assert sorted(os.listdir(tmp_path)) == ["in.parquet"]  # no output, no staging left behind
+
+    # At the cap exactly (5 / 200 = 0.025) the job succeeds.
+    argv = score_argv(poisoned_model_dir, inputs, out, "--max_dead_letter_fraction", "0.025")
+    assert main(argv) == 0
+    stats = read_stats(out)
+    assert (stats["rows_failed_model_call"], stats["max_dead_letter_fraction"]) == (5, 0.025)
+    assert stats["rows_dead_lettered"] > 0.2 * 200  # text dead letters are not capped
+
+
+def test_finalize_checks_model_call_failures_against_the_cap(tmp_path):
+    staging = tmp_path / ".scores.inprogress"
+    staging.mkdir()
+    for prefix, ids in ((SCORED_PART_PREFIX, [1, 2, 3]), (DEAD_LETTER_PREFIX, [4, 5])):
+        pq.write_table(pa.table({"id": ids}), staging / f"{prefix}-00000-of-00001.parquet")
+    out = tmp_path / "scores"
+    read, scored = {"rows": 5, "counts": {}}, {"rows": 3, "counts": {}}
+    failure = f"{REASON_MODEL_CALL_FAILED} (model_version v): ValueError: x"
+    dead = {"rows": 2, "counts": {failure: 1, REASON_TEXT_NULL: 1}}
+
+    with pytest.raises(RuntimeError, match=r"model call failed for 1 of 5 rows read \(20.00%\), "
+                       r"more than --max_dead_letter_fraction 0.19"):  # fmt: skip
+        finalize(None, read, scored, dead, str(staging), str(out), {},
+                 max_dead_letter_fraction=0.19)  # fmt: skip
+    assert not out.exists() and not (staging / SUCCESS_FILE).exists()
+
+    finalize(None, read, scored, dead, str(staging), str(out), {}, max_dead_letter_fraction=0.2)
+    stats = json.loads((out / STATS_FILE).read_text())
+    assert (stats["rows_failed_model_call"], stats["rows_dead_lettered"]) == (1, 2)
+    assert (out / SUCCESS_FILE).exists()
+
+
+@pytest.mark.parametrize("fraction", ["-0.1", "1.5", "nan"])
+def test_max_dead_letter_fraction_outside_zero_one_exits_2(
+    model_dir, small_input, tmp_path, capsys, fraction
+):
+    err = run_cli_expecting_bad_input(
+        ["--model_dir", model_dir, "--input", small_input, "--output", str(tmp_path / "scores"),
+         "--text_column", "body", "--max_dead_letter_fraction", fraction], capsys, tmp_path,
+    )  # fmt: skip
+    assert "--max_dead_letter_fraction must lie between 0 and 1" in err
+
+
+@pytest.mark.slow
+def test_reruns_on_two_worker_processes_write_byte_identical_files(model_dir, tmp_path):
+    # Two workers finish their bundles in either order; the part files are numbered by their
+    # content, so the same rows land in the same file names with the same bytes every time.
+    for i in range(4):
+        pq.write_table(corpus(i * 60, 60), tmp_path / f"in{i}.parquet", row_group_size=15)
+    listings = []
+    for attempt in range(3):
+        out = tmp_path / f"scores{attempt}"
+        score(
+            model_dir, [str(tmp_path / "in*.parquet")], str(out), "body", batch_size=8,
+            beam_args=["--runner=DirectRunner", *MULTI_PROCESSING],
+        )  # fmt: skip
+        listings.append(
+            {
+                name: open(out / name, "rb").read()
+                for name in sorted(os.listdir(out))
+                if name != SUCCESS_FILE  # its content is the time of the finalize
+            }
+        )
+    assert len([n for n in listings[0] if n.startswith(SCORED_PART_PREFIX)]) > 1
+    assert listings[0] == listings[1] == listings[2]

@@ -3,8 +3,13 @@ training with tiny sizes, the real SavedModel loaded back the way the scoring st
 
 import csv
 import glob
+import json
+import logging
 import os
 import random
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +17,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipeline import describe, preprocess, train
-from pipeline.outputs import read_json
+from pipeline.outputs import backup_dir, read_json
 from transforms.contracts import (
     CONFUSION_PNG,
     CURVES_PNG,
@@ -128,6 +133,7 @@ def test_export_holds_every_contract_file_with_success_last(single):
     success = os.path.join(model_dir, SUCCESS_FILE)
     assert all(os.path.getmtime(p) <= os.path.getmtime(success) for p in everything)
     assert not [n for n in os.listdir(os.path.dirname(model_dir)) if "inprogress" in n]
+    assert not os.path.exists(backup_dir(model_dir))  # removed after finalize
     assert glob.glob(os.path.join(model_dir, LOGS_DIR, "*", "events.out.tfevents.*"))
 
     metrics = read_json(os.path.join(model_dir, METRICS_FILE))
@@ -212,3 +218,131 @@ def test_train_help_lists_the_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--shuffle_buffer", "--early_stopping_patience", "--lstm_units", "--threshold"):
         assert flag in out
+
+
+def _events(model_dir) -> list[tuple]:
+    """(run, tag, step, value) of every scalar in the model's TensorBoard logs, sorted."""
+    from tensorflow.core.util import event_pb2
+
+    found = []
+    for path in glob.glob(os.path.join(model_dir, LOGS_DIR, "*", "events.out.tfevents.*")):
+        run = os.path.basename(os.path.dirname(path))
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                found.append((run, value.tag, event.step, float(tf.make_ndarray(value.tensor))))
+    return sorted(found)
+
+
+def _saved_weights(model_dir) -> list[np.ndarray]:
+    """The float variables of the exported SavedModel, in a canonical order."""
+    path = os.path.join(model_dir, SAVED_MODEL_DIR, "variables", "variables")
+    arrays = [tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)]
+    arrays = [a for a in arrays if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size]
+    return sorted(arrays, key=lambda a: (a.shape, a.tobytes()))
+
+
+def test_a_killed_training_resumes_after_its_last_finished_epoch(tmp_path):
+    """kill -9 during epoch 2, then the same command again: it resumes at epoch 2, writes a model
+    that is bit-identical to an uninterrupted run's (history, event logs, weights), and removes
+    its backup."""
+    corpus, data_dir = str(tmp_path / "corpus.csv"), str(tmp_path / "data")
+    _corpus(corpus, multi_label=False, rows=1200)
+    argv = ["--input", corpus, "--output_dir", data_dir, "--sequence_length", str(SEQUENCE_LENGTH)]
+    assert preprocess.main(argv + ["--max_tokens", "100"]) == 0
+    model_dir = str(tmp_path / "model")
+    flags = ["--data_dir", data_dir, "--epochs", "3", "--batch_size", "16"]
+    flags += [f"--{k}={v}" for k, v in TINY.items()]
+    command = [sys.executable, "-m", "pipeline.cli", "train", "--model_dir", model_dir, *flags]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    state_file = os.path.join(backup_dir(model_dir), train.BACKUP_STATE_FILE)
+
+    def epochs_done() -> int:
+        try:
+            with open(state_file) as f:
+                return json.load(f)["epochs_done"]
+        except (OSError, ValueError):  # not written yet (it is replaced whole, never partly)
+            return 0
+
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while epochs_done() < 1:
+            assert job.poll() is None and time.time() < deadline, "epoch 1 never finished"
+            time.sleep(0.02)
+    finally:
+        job.kill()  # SIGKILL: no clean-up of any kind runs
+        job.wait()
+    killed_after = epochs_done()
+    assert killed_after in (1, 2)  # 1 unless epoch 2 (about a second) won the race
+    assert not os.path.exists(model_dir)
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from epoch {killed_after + 1} of 3" in rerun.stderr
+    assert "Epoch 1/3" not in rerun.stdout and "Epoch 3/3" in rerun.stdout
+    assert os.path.exists(os.path.join(model_dir, SUCCESS_FILE))
+    assert not os.path.exists(backup_dir(model_dir))
+    assert read_json(os.path.join(model_dir, METRICS_FILE))["epochs_run"] == 3
+    assert read_json(os.path.join(model_dir, MODEL_CARD_FILE))["epochs_restored"] == killed_after
+
+    # The same training, never interrupted (in this process; seeded the same way).
+    uninterrupted = str(tmp_path / "uninterrupted")
+    settings = dict(epochs=3, batch_size=16, **TINY)
+    train.run_training(train.settings_from(data_dir, uninterrupted, **settings))
+    history = read_json(os.path.join(model_dir, HISTORY_FILE))
+    assert len(history["loss"]) == 3
+    assert history == read_json(os.path.join(uninterrupted, HISTORY_FILE))
+    assert _events(model_dir) == _events(uninterrupted)
+    assert len(_events(model_dir)) == 3 * len(history)  # each epoch once, per metric
+    resumed_weights, full_weights = _saved_weights(model_dir), _saved_weights(uninterrupted)
+    assert len(resumed_weights) == len(full_weights) >= 8
+    for resumed, full in zip(resumed_weights, full_weights):
+        np.testing.assert_array_equal(resumed, full)
+
+
+def _fake_backup(model_dir: str, settings: dict) -> train.TrainingBackup:
+    """A backup whose settings.json, Keras files and state.json agree (epoch 1 done)."""
+    backup = train.TrainingBackup(model_dir, settings)
+    assert backup.open() is None  # nothing to resume: a fresh backup
+    os.makedirs(backup.keras_dir)
+    with open(os.path.join(backup.keras_dir, "latest.weights.h5"), "wb") as f:
+        f.write(b"weights of epoch 1")
+    with open(os.path.join(backup.keras_dir, "training_metadata.json"), "w") as f:
+        json.dump({"epoch": 1, "batch": 0}, f)
+    backup.write_state({"epochs_done": 1, "stopped": False, "best_weights": None})
+    return backup
+
+
+def test_a_backup_is_resumed_only_under_the_same_settings(tmp_path, caplog):
+    model_dir = str(tmp_path / "model")
+    _fake_backup(model_dir, {"epochs": 3, "seed": 42})
+    assert train.TrainingBackup(model_dir, {"epochs": 3, "seed": 42}).open()["epochs_done"] == 1
+
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        again = train.TrainingBackup(model_dir, {"epochs": 5, "seed": 42})
+        assert again.open() is None
+    assert "other settings: epochs 3 -> 5" in caplog.text
+    assert os.listdir(again.dir) == [train.BACKUP_SETTINGS_FILE]  # started afresh
+    assert read_json(os.path.join(again.dir, train.BACKUP_SETTINGS_FILE))["epochs"] == 5
+
+
+def test_a_backup_killed_while_saving_an_epoch_is_discarded(tmp_path, caplog):
+    model_dir = str(tmp_path / "model")
+    backup = _fake_backup(model_dir, {"epochs": 3})
+    with open(os.path.join(backup.keras_dir, "latest.weights.h5"), "wb") as f:
+        f.write(b"weights of epoch 2")  # the kill came before state.json caught up
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        assert train.TrainingBackup(model_dir, {"epochs": 3}).open() is None
+    assert "killed while saving an epoch" in caplog.text
+
+
+def test_textclf_run_leaves_the_backup_when_it_removes_stale_staging_dirs(tmp_path):
+    from pipeline import run
+
+    model_dir = str(tmp_path / "model")
+    stale = tmp_path / ".model.inprogress-20260101T000000-0123abcd"
+    stale.mkdir()
+    os.makedirs(backup_dir(model_dir))
+    run.discard_stale_staging(model_dir)
+    assert not stale.exists() and os.path.isdir(backup_dir(model_dir))

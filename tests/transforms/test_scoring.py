@@ -7,13 +7,15 @@ import json
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.model_fixtures import build_test_model
+from tests.model_fixtures import POISON_MARKER, build_poisoned_model, build_test_model
 from transforms.contracts import (
     LABELS_TXT,
     MODEL_CARD_FILE,
@@ -24,6 +26,7 @@ from transforms.contracts import (
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
     REASON_COLUMN,
+    REASON_MODEL_CALL_FAILED,
     REASON_TEXT_EMPTY,
     REASON_TEXT_NOT_STRING,
     REASON_TEXT_NULL,
@@ -34,9 +37,12 @@ from transforms.contracts import (
 from transforms.scoring import (
     DEAD_LETTER_TAG,
     DEFAULT_THRESHOLD,
+    MAX_ERROR_MESSAGE_CHARS,
+    METRICS_NAMESPACE,
     ScoreRecordBatches,
     ScoringModel,
     SummarizeTables,
+    model_call_failure_reason,
     prediction_arrays,
     scored_schema,
     unusable_text_reasons,
@@ -252,3 +258,131 @@ def test_summarize_tables_counts_rows_and_values_including_list_values():
         )
         summary = tables | beam.CombineGlobally(SummarizeTables("l"))
         assert_that(summary, equal_to([{"rows": 4, "counts": {"a": 2, "b": 2}}]))
+
+
+# ---------------------------------------------------------------------------------------------
+# A model call that fails on some rows: bisected down to those rows, which are dead-lettered.
+
+
+@pytest.fixture(scope="module")
+def poisoned_model(single_label_model, tmp_path_factory) -> ScoringModel:
+    """The single-label model behind a signature that raises on any batch with a marked text."""
+    model_dir = str(tmp_path_factory.mktemp("poisoned") / "model")
+    build_poisoned_model(model_dir, single_label_model.model_dir)
+    return ScoringModel.from_model_dir(model_dir)
+
+
+_COLLECTED: dict[str, list] = {}
+
+
+class _Collect:
+    """A Beam check that keeps the tables it gets in _COLLECTED[key]. Beam pickles checks; the
+    class (not a closure) is pickled by reference, so on the in-process runner the tables land
+    in this module's dict."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, tables):
+        _COLLECTED[self.key] = list(tables)
+
+
+def run_score_collecting(tables, model, passthrough, **kwargs):
+    """Run ScoreRecordBatches on the in-process runner; return (scored tables, dead-letter
+    tables, {counter name: value})."""
+    _COLLECTED.clear()
+    p = TestPipeline(runner=FnApiRunner())
+    results = (
+        p
+        | beam.Create(tables, reshuffle=False)
+        | ScoreRecordBatches(model, "text", passthrough, **kwargs)
+    )
+    assert_that(results["scored"], _Collect("scored"), label="CollectScored")
+    assert_that(results[DEAD_LETTER_TAG], _Collect(DEAD_LETTER_TAG), label="CollectDeadLetter")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))[
+            "counters"
+        ]
+    }
+    return _COLLECTED["scored"], _COLLECTED[DEAD_LETTER_TAG], counters
+
+
+def test_model_call_failure_reason_names_the_version_error_type_and_first_line():
+    reason = model_call_failure_reason(ValueError("\n  bad row  \nsecond line"), "v7")
+    assert reason == f"{REASON_MODEL_CALL_FAILED} (model_version v7): ValueError: bad row"
+    long_reason = model_call_failure_reason(RuntimeError("x" * 1000), "v7")
+    assert long_reason.endswith(": RuntimeError: " + "x" * (MAX_ERROR_MESSAGE_CHARS - 3) + "...")
+    # TensorFlow's graph-function preamble and the node's stack are skipped.
+    graph_error = tf.errors.InvalidArgumentError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node 'a/Assert' defined at (most recent call "
+        "last):\n  File \"x.py\", line 3, in f\n    return g()\nNode: 'a/Assert'\nassertion "
+        "failed: [no]\n\t [[{{node a/Assert}}]] [Op:__inference_serve_12]",
+    )
+    assert model_call_failure_reason(graph_error, "v7") == (
+        f"{REASON_MODEL_CALL_FAILED} (model_version v7): InvalidArgumentError: "
+        "assertion failed: [no]"
+    )
+
+
+def test_rows_the_model_call_fails_on_are_isolated_and_the_rest_score_as_without_faults(
+    single_label_model, poisoned_model
+):
+    words = ["good", "bad", "great", "boring", "fun", "film", "movie"]
+    texts = [f"{words[i % 7]} {words[(3 * i) % 7]} {words[(5 * i) % 7]}" for i in range(50)]
+    texts[5] = f"good {POISON_MARKER} fun"  # first input table, a batch of 8 (rows 0-7)
+    texts[33] = f"{POISON_MARKER}"  # second input table
+    texts[41] = None  # a text dead letter, as before
+    for i in range(45, 50):  # the third input table: every row fails
+        texts[i] = f"bad {POISON_MARKER} {i}"
+    table = pa.table({"id": pa.array(range(50), pa.int64()), "text": pa.array(texts)})
+    tables = [table.slice(0, 25), table.slice(25, 20), table.slice(45)]
+    passthrough = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    poisoned_ids = [5, 33, 45, 46, 47, 48, 49]
+
+    clean_scored, clean_dead, _ = run_score_collecting(
+        tables, single_label_model, passthrough, batch_size=8
+    )
+    scored, dead, counters = run_score_collecting(tables, poisoned_model, passthrough, batch_size=8)
+
+    # Every other row is scored exactly as the fault-free model scores it, in input order.
+    clean = pa.concat_tables(clean_scored).sort_by("id")
+    keep = pc.invert(pc.is_in(clean.column("id"), pa.array(poisoned_ids, pa.int64())))
+    assert [t.num_rows for t in sorted(scored, key=lambda t: t.column("id")[0].as_py())] == [24, 18]
+    for out in scored:
+        assert out.column("id").to_pylist() == sorted(out.column("id").to_pylist())
+    got, want = pa.concat_tables(scored).sort_by("id"), clean.filter(keep)
+    # The rows of the two 8-row slices that failed (ids 0-7 and 33-40) were scored in smaller
+    # calls, which may change a probability in its last bit (as another --batch_size would);
+    # every other row is bit for bit the same.
+    bisected = pc.is_in(got.column("id"), pa.array([*range(8), *range(33, 41)], pa.int64()))
+    assert got.filter(pc.invert(bisected)) == want.filter(pc.invert(bisected))
+    values = [SCORE_COLUMN, PROBABILITIES_COLUMN]
+    assert got.drop_columns(values) == want.drop_columns(values)
+    np.testing.assert_allclose(
+        np.array(got.column(PROBABILITIES_COLUMN).to_pylist()),
+        np.array(want.column(PROBABILITIES_COLUMN).to_pylist()),
+        rtol=1e-6,
+    )
+    # Exactly the failing rows are dead-lettered, with their columns, the reason and the version.
+    dead_table = pa.concat_tables(dead).sort_by("id")
+    assert dead_table.schema == pa.concat_tables(clean_dead).schema  # no new dead-letter column
+    assert dead_table.column("id").to_pylist() == sorted([*poisoned_ids, 41])
+    reasons = dict(zip(*dead_table.select(["id", REASON_COLUMN]).to_pydict().values()))
+    assert reasons.pop(41) == REASON_TEXT_NULL
+    assert set(reasons.values()) == {
+        f"{REASON_MODEL_CALL_FAILED} (model_version test-model-v1): InvalidArgumentError: "
+        f"assertion failed: [a text in the batch contains {POISON_MARKER}]"
+    }
+    assert dead_table.filter(pc.field("id") != 41).column("text").to_pylist() == [
+        texts[i] for i in poisoned_ids
+    ]
+    # Beam counters.
+    assert counters["rows_failed_model_call"] == len(poisoned_ids)
+    assert counters["rows_dead_lettered"] == len(poisoned_ids) + 1
+    assert counters["rows_scored"] == 50 - len(poisoned_ids) - 1
+    assert counters["model_calls_failed"] >= 3

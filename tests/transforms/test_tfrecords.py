@@ -5,12 +5,18 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import tensorflow as tf
+from tfx_bsl.coders import example_coder
 
 from transforms.tfrecords import (
     WriteBundleFiles,
+    encode_examples,
     example_order_key,
     json_line,
     json_line_key,
@@ -100,20 +106,61 @@ def test_shards_are_ordered_by_digest_not_by_temp_name_or_the_order_bundles_fini
         assert [_read_tfrecords([n]) for n in names] == [[b"third"], [b"first"], [b"second"]]
 
 
-def test_example_order_key_is_the_content_whatever_order_the_features_were_written_in():
-    def features(name, values):
-        one = tf.train.Features()
-        one.feature[name].int64_list.value.extend(values)
-        return one.SerializeToString()
+def _feature_batch(rows: int, seed: int = 0) -> pa.RecordBatch:
+    """The columns preprocess writes (single- and multi-label), with edge values: ids that need
+    1 to 10 varint bytes, negative ints, empty lists and zero floats."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 30_000, (rows, 7))
+    ids[0] = 0
+    ids[1] = [1, 127, 128, 16_383, 16_384, 2**35, 2**62]
+    labels = [list(rng.random(3).astype(np.float32)) if i % 4 else [] for i in range(rows)]
+    labels[2] = [0.0, 0.0, 0.0]
+    return pa.record_batch(
+        {
+            "token_ids": pa.array(ids.tolist(), pa.list_(pa.int64())),
+            "num_tokens": pa.array(
+                [[int(n)] for n in rng.integers(0, 900, rows)], pa.list_(pa.int64())
+            ),
+            "label": pa.array([[int(n)] for n in rng.integers(-3, 20, rows)], pa.list_(pa.int64())),
+            "labels": pa.array(labels, pa.list_(pa.float32())),
+            "empty": pa.array([[]] * rows, pa.list_(pa.int64())),
+        }
+    )
 
-    def example(features_bytes):  # Example.features is field 1; it is < 128 bytes here
-        return b"\n" + bytes([len(features_bytes)]) + features_bytes
 
-    a = example(features("a", [1]) + features("b", [2, 3]))  # map entries in this order ...
-    b = example(features("b", [2, 3]) + features("a", [1]))  # ... as another process may write
-    assert a != b and tf.train.Example.FromString(a) == tf.train.Example.FromString(b)
-    assert example_order_key([a]) == example_order_key([b])
-    assert example_order_key([a]) != example_order_key([_example(b"1")])
+def test_encoded_examples_are_protobufs_deterministic_bytes_of_the_same_examples():
+    batch = _feature_batch(500)
+    ours = encode_examples(batch)
+    reference = example_coder.RecordBatchToExamples(batch)  # same content, map order varies
+    assert len(ours) == len(reference) == 500
+    for mine, theirs in zip(ours, reference):
+        parsed = tf.train.Example.FromString(theirs)
+        assert tf.train.Example.FromString(mine) == parsed
+        assert mine == parsed.SerializeToString(deterministic=True)
+
+
+def test_encoded_examples_are_the_same_bytes_in_another_process():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = (
+        f"import sys, hashlib; sys.path.insert(0, {root!r}); "
+        "from tests.transforms.test_tfrecords import _feature_batch; "
+        "from transforms.tfrecords import encode_examples; "
+        "print(hashlib.sha256(b''.join(encode_examples(_feature_batch(300)))).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    here = hashlib.sha256(b"".join(encode_examples(_feature_batch(300)))).hexdigest()
+    assert digests == {here}
+
+
+def test_example_order_key_is_the_records_themselves():
+    records = encode_examples(_feature_batch(40))
+    assert example_order_key(records) == b"".join(records[:16])
+    assert example_order_key(records) != example_order_key(records[1:])
 
 
 def test_no_records_still_publish_one_empty_readable_shard(tmp_path):
