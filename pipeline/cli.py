@@ -1,14 +1,16 @@
 """The `textclf` command: one subcommand per stage, plus datasets, describe, run and demo.
 
-Each stage module declares its own flags on a `PipelineOptions` subclass (so the Flex Template
-check and the tests reuse them) and exposes `add_arguments(parser)` and `main(argv) -> int`.
-This module only dispatches; flags it does not know are left for Beam's PipelineOptions.
+Each stage module exposes `build_parser()` (its own flags: the CLI, `textclf run`, the Flex
+Template check and the tests read them there), `parse(argv)` and `main(argv) -> int`; a Beam
+stage's flags it does not declare go to Beam's PipelineOptions, and one neither declares exits 2
+(pipeline/options.py). This module only dispatches.
 
 Failures are reported in one place, here. A module's `main` catches only its own bad-input
 exceptions (one line on stderr, returns EXIT_BAD_INPUT = 2) and lets anything else propagate;
 `main` below prints the full traceback on stderr for those, then one last line
 `textclf <command>: failed: <Type>: <message>` (what `textclf run` quotes as the reason), and
-exits 1. So a person always gets either a sentence saying what to fix, or the traceback.
+exits 1. So a person always gets either a sentence saying what to fix, or the traceback. Bad
+flags are refused earlier, by the module's parser itself: argparse's way, SystemExit(2).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="textclf",
         description="Batch text classification with Apache Beam, tf.Transform and Keras.",
         epilog="Beam pipeline flags (--runner, --direct_num_workers, --temp_location, ...) are "
-        "passed through to PipelineOptions by the stages that run Beam.",
+        "passed through to PipelineOptions by the stages that run Beam; a flag that neither the "
+        "command nor Beam declares is refused (exit 2).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():

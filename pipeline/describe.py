@@ -3,24 +3,20 @@
 With `--model_dir` it describes a trained model from its model_card.json (sizes, head and the
 preprocess config it was trained on); with `--data_dir` it describes the model that `textclf
 train` would build on that preprocess output with the given size and head flags, without
-training anything. The explanations themselves live in transforms/model.py.
+training anything. Both directories are read through pipeline/artifacts.py; the sizes and head
+are train's own (`model_settings`, `head_for`). The explanations themselves live in
+transforms/model.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from pipeline import outputs
-from pipeline.train import (
-    BadInput,
-    add_model_arguments,
-    head_for,
-    model_settings,
-    read_preprocess_config,
-)
-from transforms.contracts import EXIT_BAD_INPUT, MODEL_CARD_FILE, SUCCESS_FILE
+from pipeline.artifacts import IncompleteOutput, ModelOutput, PreprocessOutput
+from pipeline.options import parse_own_flags
+from pipeline.train import BadInput, add_model_arguments, head_for, model_settings
+from transforms.contracts import EXIT_BAD_INPUT
 from transforms.model import Head, ModelSettings
 
 
@@ -29,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="textclf describe",
         description="Print each layer with its output shape and what it does, then the head and "
         "loss and why. Give a trained --model_dir, or a preprocess --data_dir plus size flags.",
+        allow_abbrev=False,  # flags match exactly, as every stage's do (pipeline/options.py)
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_dir", help="a finished `textclf train` output")
@@ -38,13 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_model_dir(model_dir: str) -> tuple[dict, ModelSettings, Head]:
-    if not outputs.is_complete(model_dir):
-        raise BadInput(
-            f"{model_dir} has no {SUCCESS_FILE}: it is not a finished model; run `textclf train "
-            "--model_dir` there first, or describe a --data_dir instead"
-        )
-    card = outputs.read_json(os.path.join(model_dir, MODEL_CARD_FILE))
+    """The trained model's preprocess config, sizes and head, from its model_card.json."""
+    model = ModelOutput(model_dir)
+    try:
+        model.check_finished()
+    except IncompleteOutput as err:
+        raise BadInput(f"{err}, or describe a --data_dir instead") from None
+    card = model.card
     return card["preprocess_config"], ModelSettings(**card["model"]), Head(**card["head"])
+
+
+def _from_data_dir(data_dir: str, settings: dict) -> tuple[dict, ModelSettings, Head]:
+    """The preprocess config, and the sizes and head `textclf train` would use with `settings`."""
+    opts = build_parser().parse_args(["--data_dir", data_dir])
+    for key, value in settings.items():
+        setattr(opts, key, value)
+    data = PreprocessOutput(data_dir)
+    try:
+        data.check_finished()
+        config = data.config
+    except IncompleteOutput as err:
+        raise BadInput(str(err)) from None
+    return config, model_settings(opts), head_for(data.multi_label, opts)
 
 
 def describe(model_dir: str | None = None, data_dir: str | None = None, **settings) -> str:
@@ -52,11 +64,7 @@ def describe(model_dir: str | None = None, data_dir: str | None = None, **settin
     if model_dir:
         config, model_settings_, head = _from_model_dir(model_dir)
     else:
-        opts = build_parser().parse_args(["--data_dir", data_dir])
-        for key, value in settings.items():
-            setattr(opts, key, value)
-        config = read_preprocess_config(data_dir)
-        model_settings_, head = model_settings(opts), head_for(config, opts)
+        config, model_settings_, head = _from_data_dir(data_dir, settings)
 
     from transforms.model import build_model, describe_model
 
@@ -71,7 +79,8 @@ def describe(model_dir: str | None = None, data_dir: str | None = None, **settin
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    opts = parse_own_flags(build_parser(), argv, argparse.Namespace())
     try:
         if opts.model_dir:
             text = describe(model_dir=opts.model_dir)

@@ -1,16 +1,22 @@
-"""What every Beam stage shares about options and runners.
+"""What the stages share about flags, Beam options and runners.
 
-Each stage declares its flags on a `PipelineOptions` subclass. Beam's `get_all_options()` builds
-ONE parser from every such subclass loaded in the process (preprocess, train and score together
-in `textclf run` or a test session), so a stage's flags are never argparse-required (each stage
-checks its own in `parse`) and a flag two stages declare (`--input`, `--model_dir`) must replace
-rather than clash: `allow_shared_flags`. `make_pipeline` picks the runner.
+Every stage parses its command line one way. Its `build_parser()` is a plain argparse parser
+holding only the stage's own flags (`prog="textclf <stage>"`, required flags argparse-required,
+no abbreviations: flags match exactly, as Beam's do), and its `parse(argv)` reads `argv` once
+with `parse_known_args`. For the Beam stages (`parse_beam_stage`) what is left, in its order,
+becomes Beam's `PipelineOptions`; train (`parse_own_flags`) takes nothing else. A flag that
+neither the stage nor Beam declares exits 2 with one line naming it, before any work. The
+stages' options are not `PipelineOptions` subclasses, so Beam's parser (built from every
+subclass loaded in the process) never holds them, and stages loaded together in one process do
+not see each other's flags. `make_pipeline` picks the runner.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
+from typing import TypeVar
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -19,6 +25,18 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+from transforms.contracts import EXIT_BAD_INPUT
+
+# The --help epilog of the Beam stages.
+BEAM_FLAGS_HELP = (
+    "Other flags are Beam pipeline options (--runner, --direct_num_workers, --temp_location, "
+    "...); a flag that neither this stage nor Beam declares is refused (exit 2). Without "
+    "--runner the pipeline runs in this process on the FnApiRunner (Beam's DirectRunner minus "
+    "its Prism attempt)."
+)
+
+StageOptions = TypeVar("StageOptions", bound=argparse.Namespace)
 
 
 class _DropInMemoryWorkersWarning(logging.Filter):
@@ -29,14 +47,51 @@ class _DropInMemoryWorkersWarning(logging.Filter):
 _IN_MEMORY_WORKERS_WARNING = _DropInMemoryWorkersWarning()
 
 
-def allow_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """Let a later declaration of the same flag replace an earlier one instead of raising.
+def parse_beam_stage(
+    parser: argparse.ArgumentParser, argv: Sequence[str], options: StageOptions
+) -> tuple[StageOptions, PipelineOptions]:
+    """A Beam stage's command line, read once: its own flags (`parser`) into `options`, the rest,
+    in the order given, into Beam's PipelineOptions. Exits 2 naming what Beam does not declare
+    either, or a Beam flag's unusable value."""
+    options, rest = parser.parse_known_args(list(argv), options)
+    beam_parser = _beam_parser()
+    beam_parser.exit_on_error = False  # a bad value: one line below, not Beam's whole usage
+    try:
+        _, unknown = beam_parser.parse_known_args(rest)
+    except argparse.ArgumentError as err:
+        parser.exit(EXIT_BAD_INPUT, f"{parser.prog}: {err}\n")
+    _refuse_unknown(parser, unknown, "not a flag of this stage (see --help) nor of Beam")
+    return options, PipelineOptions(rest)
 
-    argparse checks conflicts in the group an option lands in (the parser's default groups
-    copied the handler when they were made), so the handler is set on the parser and its groups.
-    """
-    for container in (parser, *parser._action_groups):
-        container.conflict_handler = "resolve"
+
+def parse_own_flags(
+    parser: argparse.ArgumentParser, argv: Sequence[str], options: StageOptions
+) -> StageOptions:
+    """A command line with no Beam in it (train): `parser`'s flags into `options`; anything else
+    exits 2 with one line naming it."""
+    options, rest = parser.parse_known_args(list(argv), options)
+    _refuse_unknown(parser, rest, "see --help")
+    return options
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """The parser Beam builds from every PipelineOptions subclass loaded in this process."""
+    built = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=built.append)
+    return built[0]
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str], hint: str) -> None:
+    """Exit 2 with one line naming the flags in `unknown` (the values after them are theirs),
+    or the stray values when there is no flag among them."""
+    if not unknown:
+        return
+    flags = [arg.partition("=")[0] for arg in unknown if arg.startswith("-")]
+    if flags:
+        named = f"unknown flag(s): {' '.join(flags)}"
+    else:
+        named = f"stray value(s): {' '.join(unknown)}"
+    parser.exit(EXIT_BAD_INPUT, f"{parser.prog}: {named}; {hint}\n")
 
 
 def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) -> beam.Pipeline:
@@ -48,8 +103,8 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
     --direct_num_workers are honoured either way. With `threads_by_default` and neither flag
     given, the runner works in process with one worker per core: `in_memory` mode with
     direct_num_workers = cores runs each stage's bundles on that many threads, one embedded
-    SDK worker each, without the gRPC data plane of `multi_threading` (preprocess, 1.2M docs
-    on 2 cores: 17.8 s against 20.0 s; one worker: slower still). Beam logs a warning that
+    SDK worker each, without the gRPC data plane of `multi_threading` (faster for preprocess in
+    README's benchmark; one worker is slower still). Beam logs a warning that
     in_memory ignores direct_num_workers; for this Beam version it does not, so that warning
     is dropped when the choice is ours.
     """
@@ -94,3 +149,79 @@ def run_and_log_counters(p: beam.Pipeline, logger, namespaces: tuple[str, ...]) 
                 value.mean,
                 value.max,
             )
+
+
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The parser's long flags by name without `--` (`{"input": action, "lowercase": action}`);
+    the `--no-x` half of a BooleanOptionalAction is its `x`, and `--help` is left out."""
+    flags = {}
+    for action in parser._actions:  # argparse lists its actions nowhere public
+        for option in action.option_strings:
+            negation = option.startswith("--no-") and f"--{option[5:]}" in action.option_strings
+            if option.startswith("--") and option != "--help" and not negation:
+                flags[option[2:]] = action
+    return flags
+
+
+def flags_from_mapping(parser: argparse.ArgumentParser, mapping: dict[str, object]) -> list[str]:
+    """`{flag: value}` -> the command line that sets those values, by each flag's own action.
+
+    The one place that turns settings into flags: `textclf run` maps its config sections with it,
+    the Flex Template launcher its `--name=value` parameters. For a flag of `parser`:
+    * a switch (an action that takes no value: store_true, BooleanOptionalAction) takes true or
+      false, as a bool or the string "true"/"false": `--x`, `--no-x`, or nothing when false is
+      the default;
+    * a flag of several values (nargs "+"/"*") takes a list or a comma-separated string, given
+      once: `--input a b`;
+    * any other flag takes one value, a list being comma-joined: `--columns=a,b`.
+    Any other name is a Beam option and maps as Beam's `PipelineOptions.from_dictionary` does:
+    true is `--x`, false leaves it out, a list repeats the flag (`--experiments=a
+    --experiments=b`), a table is JSON, anything else `--x=value`. Raises ValueError, naming the
+    flag, for a value that its flag cannot take.
+    """
+    flags = parser_flags(parser)
+    argv: list[str] = []
+    for name, value in mapping.items():
+        action = flags.get(name)
+        if action is None:
+            argv += _beam_flags(name, value)
+        elif action.nargs == 0:
+            argv += _switch_flags(name, action, value)
+        elif isinstance(value, bool | dict):
+            raise ValueError(f"{name} takes a value, not {value!r}")
+        elif action.nargs in (None, "?"):
+            one = ",".join(map(str, value)) if isinstance(value, list) else value
+            argv.append(f"--{name}={one}")
+        else:
+            items = value if isinstance(value, list) else str(value).split(",")
+            items = [str(item).strip() for item in items if str(item).strip()]
+            if not items and action.nargs != "*":
+                raise ValueError(f"{name} is empty; give one value or more")
+            argv += [f"--{name}", *items]
+    return argv
+
+
+def _switch_flags(name: str, action: argparse.Action, value) -> list[str]:
+    if isinstance(value, str):
+        value = {"true": True, "false": False}.get(value.strip().lower(), value)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    if f"--no-{name}" in action.option_strings:
+        return [f"--{name}" if value else f"--no-{name}"]
+    if value == action.const:
+        return [f"--{name}"]
+    if value == bool(action.default):
+        return []
+    raise ValueError(f"{name} is a switch that sets {action.const!r}; it cannot be {value!r}")
+
+
+def _beam_flags(name: str, value) -> list[str]:
+    import json
+
+    if isinstance(value, bool):
+        return [f"--{name}"] if value else []
+    if isinstance(value, list):
+        return [f"--{name}={item}" for item in value]
+    if isinstance(value, dict):
+        return [f"--{name}={json.dumps(value)}"]
+    return [] if value is None else [f"--{name}={value}"]

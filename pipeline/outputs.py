@@ -245,3 +245,28 @@ def finalize(staging: str, out: str, stage: str) -> None:
     FileSystems.rename(sources, [out + s[len(staging.rstrip("/")) :] for s in sources])
     write_text(FileSystems.join(out, SUCCESS_FILE), now() + "\n")
     discard(staging)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `path` so that a reader sees the previous file or this one, never half of one."""
+    _replace_atomically(path, write_text, text)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """`write_json`, atomically (see `write_text_atomic`)."""
+    _replace_atomically(path, write_json, obj)
+
+
+def _replace_atomically(path: str, write, content) -> None:
+    # Locally: a `<path>.tmp-<pid>` sibling renamed over `path`. An object store publishes an
+    # object only when its upload completes, so there the object is written in place.
+    if not is_local(path):
+        write(path, content)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp, content)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

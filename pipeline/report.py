@@ -10,15 +10,60 @@ the file can be mailed or archived alone. It runs nothing and computes no metric
 from __future__ import annotations
 
 import base64
+import functools
 import html
-import os
+from collections.abc import Container
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import outputs
-from pipeline.run import STAGES
-from transforms.contracts import CONFUSION_PNG, CURVES_PNG, F1_BARS_PNG, METRICS_FILE, REPORT_FILE
+from pipeline.artifacts import ModelOutput
+from transforms.contracts import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    EVAL,
+    F1_BARS_PNG,
+    PREPROCESS_STAGE,
+    REPORT_FILE,
+    SCORE_STAGE,
+    STAGE_DIRS,
+    STAGES,
+    TRAIN,
+    TRAIN_STAGE,
+)
 
+# Row accounting per stage: (column, the path to its value in the stage's manifest "rows").
+ACCOUNTING = (
+    (
+        PREPROCESS_STAGE,
+        (
+            ("rows read", "rows_read"),
+            ("written: train", "rows_written", TRAIN),
+            ("written: eval", "rows_written", EVAL),
+            ("dead-lettered", "rows_dead_lettered"),
+            ("reasons", "dead_letter_reasons"),
+            ("accounted (read = written + dead)", "rows_accounted"),
+        ),
+    ),
+    (
+        TRAIN_STAGE,
+        (
+            ("rows trained on", "rows_seen", TRAIN),
+            ("rows evaluated on", "rows_seen", EVAL),
+            ("epochs run", "epochs_run"),
+        ),
+    ),
+    (
+        SCORE_STAGE,
+        (
+            ("rows read", "rows_read"),
+            ("scored", "rows_scored"),
+            ("dead-lettered", "rows_dead_lettered"),
+            ("reasons", "dead_letter_reasons"),
+            ("accounted (read = scored + dead)", "rows_accounted"),
+        ),
+    ),
+)
 IMAGES = (
     (CURVES_PNG, "Training curves (train and eval, per epoch)"),
     (CONFUSION_PNG, "Eval confusion matrix (rows: true class, columns: predicted)"),
@@ -40,11 +85,17 @@ font-weight: bold; }
 """
 
 
+class _Html(str):
+    """A table cell that is already HTML (not escaped)."""
+
+
 def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
 def _fmt(value) -> str:
+    if isinstance(value, _Html):
+        return value
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, dict):
@@ -52,16 +103,15 @@ def _fmt(value) -> str:
     return _e(value)
 
 
-def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    head = "".join(
-        f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)
-    )
+def _table(header: list[str], rows: list[list], left: Container[int] = (0,)) -> str:
+    """An HTML table; the columns in `left` are left-aligned, the others (figures) right."""
+
+    def cell(tag: str, i: int, content: str) -> str:
+        return f'<{tag} class="{"l" if i in left else ""}">{content}</{tag}>'
+
+    head = "".join(cell("th", i, _e(h)) for i, h in enumerate(header))
     body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{"l" if i < left else ""}">{_fmt(c)}</td>' for i, c in enumerate(row)
-        )
-        + "</tr>"
+        "<tr>" + "".join(cell("td", i, _fmt(c)) for i, c in enumerate(row)) + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -76,18 +126,21 @@ def _image(path: str, caption: str) -> str:
     )
 
 
+def _status(status) -> _Html:
+    return _Html(f'<span class="{_e(status)}">{_e(status)}</span>')
+
+
 def _stages_section(manifest: dict) -> str:
     rows = []
     stages = manifest.get("stages", {})
     # manifest.json is written with sorted keys; show the stages in the order they run.
     for stage in sorted(stages, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES)):
         entry = stages[stage]
-        status = entry.get("status")
         seconds = entry.get("seconds")
         rows.append(
             [
                 stage,
-                f'<span class="{_e(status)}">{_e(status)}</span>',
+                _status(entry.get("status")),
                 f"{seconds:.1f}" if isinstance(seconds, int | float) else "",
                 entry.get("finished_at"),
                 entry.get("reason") or "",
@@ -95,90 +148,28 @@ def _stages_section(manifest: dict) -> str:
             ]
         )
     header = ["stage", "status", "seconds", "finished at", "reason", "directory"]
-    head = "".join(f'<th class="{"l" if i != 2 else ""}">{h}</th>' for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{"l" if i != 2 else ""}">{c if i == 1 else _fmt(c)}</td>'
-            for i, c in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<h2>Stages</h2><table><tr>{head}</tr>{body}</table>"
+    return "<h2>Stages</h2>" + _table(header, rows, left=(0, 1, 3, 4, 5))
 
 
 def _accounting_section(manifest: dict) -> str:
     stages = manifest.get("stages", {})
     parts = ["<h2>Row accounting</h2>"]
-    pre = (stages.get("preprocess") or {}).get("rows")
-    if pre:
-        written = pre.get("rows_written") or {}
-        parts.append(
-            "<h3>preprocess</h3>"
-            + _table(
-                [
-                    "rows read",
-                    "written: train",
-                    "written: eval",
-                    "dead-lettered",
-                    "reasons",
-                    "accounted (read = written + dead)",
-                ],
-                [
-                    [
-                        pre.get("rows_read"),
-                        written.get("train"),
-                        written.get("eval"),
-                        pre.get("rows_dead_lettered"),
-                        pre.get("dead_letter_reasons") or {},
-                        pre.get("rows_accounted"),
-                    ]
-                ],
-                left=0,
-            )
-        )
-    train = (stages.get("train") or {}).get("rows")
-    if train:
-        seen = train.get("rows_seen") or {}
-        parts.append(
-            "<h3>train</h3>"
-            + _table(
-                ["rows trained on", "rows evaluated on", "epochs run"],
-                [[seen.get("train"), seen.get("eval"), train.get("epochs_run")]],
-                left=0,
-            )
-        )
-    score = (stages.get("score") or {}).get("rows")
-    if score:
-        parts.append(
-            "<h3>score</h3>"
-            + _table(
-                [
-                    "rows read",
-                    "scored",
-                    "dead-lettered",
-                    "reasons",
-                    "accounted (read = scored + dead)",
-                ],
-                [
-                    [
-                        score.get("rows_read"),
-                        score.get("rows_scored"),
-                        score.get("rows_dead_lettered"),
-                        score.get("dead_letter_reasons") or {},
-                        score.get("rows_accounted"),
-                    ]
-                ],
-                left=0,
-            )
-        )
+    for stage, columns in ACCOUNTING:
+        rows = (stages.get(stage) or {}).get("rows")
+        if rows:
+            header = [name for name, *_ in columns]
+            values = [functools.reduce(_get, path, rows) for _, *path in columns]
+            parts.append(f"<h3>{_e(stage)}</h3>" + _table(header, [values], left=()))
     if len(parts) == 1:
         parts.append('<p class="muted">No stage has finished yet.</p>')
     return "".join(parts)
 
 
-def _metrics_section(manifest: dict, metrics: dict | None) -> str:
+def _get(value, key: str):
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _metrics_section(manifest: dict) -> str:
     evaluated = {
         "eval split (train stage)": (manifest.get("metrics") or {}).get("eval"),
         "scored rows vs their labels": (manifest.get("metrics") or {}).get("scored"),
@@ -222,30 +213,22 @@ def _per_class_section(metrics: dict | None, scored: dict | None) -> str:
 
 def render(run_dir: str, manifest: dict) -> str:
     """The report page for `run_dir`, from its manifest and the model directory's files."""
-    model_dir = ((manifest.get("stages") or {}).get("train") or {}).get("dir") or FileSystems.join(
-        run_dir, "model"
-    )
-    metrics_path = FileSystems.join(model_dir, METRICS_FILE)
-    metrics = (
-        outputs.read_json(metrics_path)
-        if outputs.is_complete(model_dir) and FileSystems.exists(metrics_path)
-        else None
-    )
+    train = (manifest.get("stages") or {}).get(TRAIN_STAGE) or {}
+    model = ModelOutput(train.get("dir") or FileSystems.join(run_dir, STAGE_DIRS[TRAIN_STAGE]))
+    metrics = model.metrics if model.finished else None
     status = manifest.get("status")
     versions = manifest.get("versions") or {}
-    train_model = (manifest.get("stages") or {}).get("train") or {}
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>textclf run {_e(manifest.get('run_date'))}</title><style>{_STYLE}</style>",
         "</head><body>",
-        f"<h1>textclf run {_e(manifest.get('run_date'))}: "
-        f'<span class="{_e(status)}">{_e(status)}</span></h1>',
+        f"<h1>textclf run {_e(manifest.get('run_date'))}: {_status(status)}</h1>",
         f'<p class="muted">{_e(run_dir)} &middot; config {_e(manifest.get("config_file"))} '
         f"&middot; started {_e(manifest.get('started_at'))}, finished "
         f"{_e(manifest.get('finished_at'))} ({_e(manifest.get('seconds'))} s)"
         + (
-            f" &middot; model {_e(train_model.get('model_version'))}"
-            if train_model.get("model_version")
+            f" &middot; model {_e(train.get('model_version'))}"
+            if train.get("model_version")
             else ""
         )
         + "</p>",
@@ -255,10 +238,10 @@ def render(run_dir: str, manifest: dict) -> str:
     parts += [
         _stages_section(manifest),
         _accounting_section(manifest),
-        _metrics_section(manifest, metrics),
+        _metrics_section(manifest),
     ]
-    images = [(FileSystems.join(model_dir, name), caption) for name, caption in IMAGES]
-    images = [(p, c) for p, c in images if outputs.is_complete(model_dir) and FileSystems.exists(p)]
+    images = [(model.path(name), caption) for name, caption in IMAGES] if model.finished else []
+    images = [(p, c) for p, c in images if FileSystems.exists(p)]
     if images:
         parts.append("<h2>Training</h2>" + "".join(_image(p, c) for p, c in images))
     parts.append(_per_class_section(metrics, manifest.get("scored_evaluation")))
@@ -270,13 +253,7 @@ def render(run_dir: str, manifest: dict) -> str:
 
 
 def write_report(run_dir: str, manifest: dict) -> str:
-    """Render and write `<run_dir>/report.html` (temp file, then rename); return its path."""
+    """Render and write `<run_dir>/report.html` (atomically); return its path."""
     path = FileSystems.join(run_dir, REPORT_FILE)
-    page = render(run_dir, manifest)
-    if outputs.is_local(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        outputs.write_text(tmp, page)
-        os.replace(tmp, path)
-    else:
-        outputs.write_text(path, page)
+    outputs.write_text_atomic(path, render(run_dir, manifest))
     return path

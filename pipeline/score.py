@@ -2,7 +2,8 @@
 
 This module owns the scoring stage's flags (`ScoreOptions`), the checks made before any Beam work
 (model directory complete, inputs match, text column present and string-typed, pass-through columns
-consistent), the wiring of read -> `ScoreRecordBatches` -> write, and finalizing the output
+consistent), the wiring of `transforms.score_graph.ScoreParquet` (read -> `ScoreRecordBatches` ->
+write) and the job's last step, finalizing the output
 directory (`part-*.parquet`, `dead_letter-*.parquet`, `stats.json`, then `_SUCCESS`; nothing is
 visible under the output until it is complete, and nothing at all when the row counts disagree or
 more than `--max_dead_letter_fraction` of the rows read failed the model call). Finalizing is the
@@ -30,35 +31,39 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
-from pipeline.options import allow_shared_flags, make_pipeline, run_and_log_counters
+from pipeline.artifacts import IncompleteOutput, ModelOutput
+from pipeline.options import (
+    BEAM_FLAGS_HELP,
+    make_pipeline,
+    parse_beam_stage,
+    run_and_log_counters,
+)
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
-    LABELS_TXT,
     PARQUET_SUFFIX,
     REASON_COLUMN,
-    REASON_MODEL_CALL_FAILED,
-    SAVED_MODEL_DIR,
     SCORE_STAGE,
     SCORED_PART_PREFIX,
     STATS_FILE,
 )
+from transforms.score_graph import (
+    DEAD_LETTERED,
+    READ,
+    SCORED,
+    WRITTEN_PREFIX,
+    ScoreParquet,
+    ScoreSettings,
+)
 from transforms.scoring import (
-    DEAD_LETTER_TAG,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_DEAD_LETTER_FRACTION,
     METRICS_NAMESPACE,
-    ScoreRecordBatches,
     ScoringModel,
-    SummarizeTables,
-    dead_letter_schema,
     is_text_type,
-    scored_schema,
 )
+from transforms.stats import score_stats
 
-# pipeline/run.py reads the scored part files through these two names (PARQUET_SUFFIX is
-# imported above from transforms/contracts.py).
-SCORED_PREFIX = SCORED_PART_PREFIX
 _LOG = logging.getLogger(__name__)
 
 
@@ -66,65 +71,82 @@ class ScoreInputError(ValueError):
     """Bad input found before any pipeline work; the CLI prints it and exits EXIT_BAD_INPUT."""
 
 
-class ScoreOptions(PipelineOptions):
-    """The scoring stage's own flags; everything else is a Beam pipeline option."""
+class ScoreOptions(argparse.Namespace):
+    """The scoring stage's settings: one attribute per flag of `build_parser()`. Beam's own
+    flags (--runner, ...) are parsed apart, into PipelineOptions (`parse`)."""
 
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        allow_shared_flags(parser)  # --input, --model_dir: see pipeline/options.py
-        parser.add_argument("--model_dir", help="a finished training-stage model directory")
-        parser.add_argument(
-            "--input",
-            nargs="+",
-            action="extend",
-            help="Parquet file pattern(s), local or any Beam filesystem (gs://...)",
-        )
-        parser.add_argument(
-            "--output",
-            help="output directory PREFIX/: part-*.parquet, dead_letter-*.parquet, stats.json",
-        )
-        parser.add_argument("--text_column", help="the column holding the text to classify")
-        parser.add_argument(
-            "--id_column", default=None, help="a row id column; always kept in the outputs"
-        )
-        parser.add_argument(
-            "--batch_size",
-            type=int,
-            default=DEFAULT_BATCH_SIZE,
-            help="rows per model call (default %(default)s)",
-        )
-        parser.add_argument(
-            "--columns",
-            default=None,
-            help="comma-separated pass-through columns to keep (default: all input columns)",
-        )
-        parser.add_argument(
-            "--threshold",
-            type=float,
-            default=None,
-            help="multi-label only: a class is predicted when its probability >= this, in "
-            "(0, 1) (default: the model's own threshold from model_card.json, 0.5 if absent)",
-        )
-        parser.add_argument(
-            "--max_dead_letter_fraction",
-            type=float,
-            default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
-            help="fail the job (exit 1, nothing published) when more than this fraction of the "
-            "rows read were dead-lettered because the model call failed on them, in [0, 1] "
-            "(default %(default)s; rows with unusable text do not count)",
-        )
+    model_dir: str
+    input: list[str]
+    output: str
+    text_column: str
+    id_column: str | None
+    batch_size: int
+    columns: str | None
+    threshold: float | None
+    max_dead_letter_fraction: float
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The stage's own flags, the one source of them (the CLI, `textclf run`, the templates)."""
     parser = argparse.ArgumentParser(
         prog="textclf score",
         description="Apply a textclf model to Parquet files with Apache Beam, batch by batch.",
-        epilog="Other flags (--runner, --direct_num_workers, --temp_location, ...) go to Beam's "
-        "PipelineOptions. Without --runner the pipeline runs in this process on the "
-        "FnApiRunner (Beam's DirectRunner minus its Prism attempt).",
+        epilog=BEAM_FLAGS_HELP,
+        allow_abbrev=False,
     )
-    ScoreOptions._add_argparse_args(parser)
+    parser.add_argument(
+        "--model_dir", required=True, help="a finished training-stage model directory"
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        action="extend",
+        required=True,
+        help="Parquet file pattern(s), local or any Beam filesystem (gs://...)",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output directory PREFIX/: part-*.parquet, dead_letter-*.parquet, stats.json",
+    )
+    parser.add_argument(
+        "--text_column", required=True, help="the column holding the text to classify"
+    )
+    parser.add_argument(
+        "--id_column", default=None, help="a row id column; always kept in the outputs"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="rows per model call (default %(default)s)",
+    )
+    parser.add_argument(
+        "--columns",
+        default=None,
+        help="comma-separated pass-through columns to keep (default: all input columns)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label only: a class is predicted when its probability >= this, in "
+        "(0, 1) (default: the model's own threshold from model_card.json, 0.5 if absent)",
+    )
+    parser.add_argument(
+        "--max_dead_letter_fraction",
+        type=float,
+        default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
+        help="fail the job (exit 1, nothing published) when more than this fraction of the "
+        "rows read were dead-lettered because the model call failed on them, in [0, 1] "
+        "(default %(default)s; rows with unusable text do not count)",
+    )
     return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[ScoreOptions, PipelineOptions]:
+    """The stage's options and Beam's, from one pass over `argv` (see pipeline/options.py)."""
+    return parse_beam_stage(build_parser(), argv, ScoreOptions())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,18 +223,13 @@ def _passthrough_schema(
 
 
 def _load_model_info(model_dir: str) -> ScoringModel:
-    if not outputs.is_complete(model_dir):
-        raise ScoreInputError(
-            f"model directory {model_dir} has no _SUCCESS marker (missing, or its training run "
-            "did not finish); train a model first or pass --model_dir of a finished one"
-        )
-    for name in (SAVED_MODEL_DIR, LABELS_TXT):
-        if not FileSystems.exists(FileSystems.join(model_dir, name)):
-            raise ScoreInputError(f"model directory {model_dir} has no {name}; re-export the model")
-    info = ScoringModel.from_model_dir(model_dir)
-    if not info.label_names:
-        raise ScoreInputError(f"{FileSystems.join(model_dir, LABELS_TXT)} lists no classes")
-    return info
+    """The model to score with, from a finished model directory with a SavedModel and classes."""
+    model = ModelOutput(model_dir)
+    try:
+        model.check_complete()
+    except IncompleteOutput as err:
+        raise ScoreInputError(str(err)) from None
+    return model.scoring_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,66 +238,35 @@ def _load_model_info(model_dir: str) -> ScoringModel:
 
 def build_pipeline(
     p: beam.Pipeline,
-    patterns: Sequence[str],
-    staging: str,
+    stage: ScoreSettings,
     output: str,
-    model: ScoringModel,
-    text_column: str,
-    passthrough: pa.Schema,
-    batch_size: int,
-    threshold: float | None,
     header: dict,
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
 ) -> None:
-    """read -> score -> write scored and dead letters under `staging` -> `finalize` to `output`."""
-    read_columns = list(dict.fromkeys([*passthrough.names, text_column]))
-    tables = [
-        p
-        | f"ReadParquet[{i}]"
-        >> beam.io.ReadFromParquetBatched(pattern, columns=read_columns).with_output_types(pa.Table)
-        for i, pattern in enumerate(patterns)
-    ] | "FlattenInputs" >> beam.Flatten().with_output_types(pa.Table)
-    results = tables | "Score" >> ScoreRecordBatches(
-        model, text_column, passthrough, batch_size, threshold
-    )
-    scored, dead = results["scored"], results[DEAD_LETTER_TAG]
-    written = [
-        scored
-        | "WriteScored"
-        >> beam.io.WriteToParquetBatched(
-            FileSystems.join(staging, SCORED_PART_PREFIX),
-            scored_schema(passthrough, model),
-            codec="snappy",
-            file_name_suffix=PARQUET_SUFFIX,
-        ),
-        dead
-        | "WriteDeadLetter"
-        >> beam.io.WriteToParquetBatched(
-            FileSystems.join(staging, DEAD_LETTER_PREFIX),
-            dead_letter_schema(passthrough),
-            codec="snappy",
-            file_name_suffix=PARQUET_SUFFIX,
-        ),
-    ]
-    read = tables | "CountRead" >> beam.CombineGlobally(SummarizeTables())
-    scored_summary = scored | "CountScored" >> beam.CombineGlobally(
-        SummarizeTables(model.prediction_column())
-    )
-    dead_summary = dead | "CountDeadLetter" >> beam.CombineGlobally(SummarizeTables(REASON_COLUMN))
-    # The last step runs once every write has finished (its side inputs are their results, the
-    # finalized file names), so the job itself finalizes the output: a Dataflow/Flex Template
-    # launch that returns before the job ends still gets stats.json and _SUCCESS last.
-    writes = {f"written_{i}": beam.pvalue.AsList(w) for i, w in enumerate(written)}
+    """`ScoreParquet(stage)` (writing under `stage.output_dir`, the staging directory), then the
+    job's last step, `Finalize`: `finalize` to `output`, with every write's result as a side
+    input.
+
+    The last step runs once every write has finished, so the job itself finalizes the output: a
+    Dataflow/Flex Template launch that returns before the job ends still gets stats.json and
+    _SUCCESS last.
+    """
+    results = p | "ScoreParquet" >> ScoreParquet(stage)
+    writes = {
+        name: beam.pvalue.AsList(pcoll)
+        for name, pcoll in results.items()
+        if name.startswith(WRITTEN_PREFIX)
+    }
     _ = (
         p
         | "Once" >> beam.Create([None])
         | "Finalize"
         >> beam.Map(
             finalize,
-            beam.pvalue.AsSingleton(read),
-            beam.pvalue.AsSingleton(scored_summary),
-            beam.pvalue.AsSingleton(dead_summary),
-            staging=staging,
+            beam.pvalue.AsSingleton(results[READ]),
+            beam.pvalue.AsSingleton(results[SCORED]),
+            beam.pvalue.AsSingleton(results[DEAD_LETTERED]),
+            staging=stage.output_dir,
             output=output,
             header=header,
             max_dead_letter_fraction=max_dead_letter_fraction,
@@ -379,18 +365,10 @@ def finalize(
     """The job's last step: check the counts against the written Parquet footers and the rows
     the model call failed on against `max_dead_letter_fraction`, write stats.json and move the
     staging directory onto `output` with _SUCCESS last. Raises (and writes no _SUCCESS) when
-    the counts disagree or too many model calls failed."""
-    stats = dict(header)
-    stats.update(
-        rows_read=read["rows"],
-        rows_scored=scored["rows"],
-        rows_dead_lettered=dead["rows"],
-        rows_failed_model_call=sum(
-            n for reason, n in dead["counts"].items() if reason.startswith(REASON_MODEL_CALL_FAILED)
-        ),
-        label_counts=dict(sorted(scored["counts"].items())),
-        dead_letter_reasons=dict(sorted(dead["counts"].items())),
-    )
+    the counts disagree or too many model calls failed. `read`, `scored` and `dead` are
+    `ScoreParquet`'s table summaries, `written` its writes' results (they only order this step
+    after the writes)."""
+    stats = score_stats(header, read, scored, dead)
     _check_counts(staging, stats)
     _check_model_call_failures(stats, max_dead_letter_fraction)
     _order_shards(staging)
@@ -408,7 +386,7 @@ def score(
     batch_size: int = DEFAULT_BATCH_SIZE,
     threshold: float | None = None,
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
-    beam_args: Sequence[str] | None = None,
+    beam_args: Sequence[str] | PipelineOptions | None = None,
 ) -> dict:
     """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
 
@@ -456,24 +434,24 @@ def score(
         "batch_size": batch_size,
         "max_dead_letter_fraction": max_dead_letter_fraction,
     }
-    options = PipelineOptions(list(beam_args or []))
+    if isinstance(beam_args, PipelineOptions):  # already parsed (main)
+        options = beam_args
+    else:
+        options = PipelineOptions(list(beam_args or []))
     staging = outputs.staging_dir(output)
     started = outputs.now()
     try:
         p = make_pipeline(options)
-        build_pipeline(
-            p,
-            list(dict.fromkeys(inputs)),
-            staging,
-            output,
-            model,
-            text_column,
-            passthrough,
-            batch_size,
-            threshold,
-            header,
-            max_dead_letter_fraction,
+        stage = ScoreSettings(
+            inputs=tuple(dict.fromkeys(inputs)),
+            output_dir=staging,
+            model=model,
+            text_column=text_column,
+            passthrough=passthrough,
+            batch_size=batch_size,
+            threshold=threshold,
         )
+        build_pipeline(p, stage, output, header, max_dead_letter_fraction)
         run_and_log_counters(p, _LOG, (METRICS_NAMESPACE,))
     except BaseException:
         outputs.discard(staging)
@@ -495,12 +473,12 @@ def score(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    args, beam_options = parse(sys.argv[1:] if argv is None else argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         stats = score(
             args.model_dir,
-            args.input or [],
+            args.input,
             args.output,
             args.text_column,
             id_column=args.id_column,
@@ -508,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             threshold=args.threshold,
             max_dead_letter_fraction=args.max_dead_letter_fraction,
-            beam_args=beam_args,
+            beam_args=beam_options,
         )
     except ScoreInputError as err:
         print(f"textclf score: {err}", file=sys.stderr)

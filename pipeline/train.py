@@ -1,13 +1,14 @@
 """`textclf train`: fit the classifier on a preprocess output and export a raw-text SavedModel.
 
 This module wires the training stage: it parses `TrainOptions`, checks the preprocess directory
-(`_SUCCESS`, `preprocess_config.json`, the TFRecords) and the head/loss pairing before any
-training, builds the tf.data input (transforms/training_data.py) and the Keras model
-(transforms/model.py), fits with per-epoch progress, TensorBoard logs and early stopping (a
-killed run's rerun resumes from its last finished epoch: `TrainingBackup`), then
-writes the model directory under a staging dir and finalizes it with `_SUCCESS` last. The model,
-the input pipeline and the metrics live in `transforms/`; the SavedModel export and the PNGs in
-pipeline/export.py. `train()` is the in-process entry point for the `textclf run` orchestrator.
+(read through pipeline/artifacts.py's `PreprocessOutput`: `_SUCCESS`, `preprocess_config.json`,
+the rows per split in `stats.json`) and the head/loss pairing before any training, builds the
+tf.data input (transforms/training_data.py) and the Keras model (transforms/model.py), fits with
+per-epoch progress, TensorBoard logs and early stopping (a killed run's rerun resumes from its
+last finished epoch: `TrainingBackup`), then writes the model directory under a staging dir and
+finalizes it with `_SUCCESS` last. The model, the input pipeline and the metrics live in
+`transforms/`; the SavedModel export and the PNGs in pipeline/export.py. `train()` is the
+in-process entry point for the `textclf run` orchestrator.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import sys
 import uuid
+from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import outputs
-from pipeline.options import allow_shared_flags
+from pipeline.artifacts import IncompleteOutput, PreprocessOutput
+from pipeline.options import parse_own_flags
+from pipeline.versions import package_versions
 from transforms.contracts import (
-    CONFIG_FILE,
     EVAL,
     EXIT_BAD_INPUT,
     HISTORY_FILE,
@@ -41,22 +42,12 @@ from transforms.contracts import (
     SAVED_MODEL_DIR,
     STATS_FILE,
     SUCCESS_FILE,
-    TFRECORD_SUFFIX,
     TRAIN,
     TRAIN_STAGE,
 )
 from transforms.model import ACTIVATIONS, LOSSES, Head, ModelSettings, RefusedPairing, choose_head
 
 log = logging.getLogger(__name__)
-
-# Keys of preprocess_config.json this stage relies on.
-REQUIRED_CONFIG_KEYS = (
-    "multi_label",
-    "sequence_length",
-    "id_vocabulary_size",
-    "num_classes",
-    "label_vocabulary",
-)
 
 
 class BadInput(ValueError):
@@ -93,49 +84,64 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class TrainOptions(PipelineOptions):
-    """Flags of `textclf train`; also reused by `textclf run` and the tests."""
+class TrainOptions(argparse.Namespace):
+    """The training stage's settings: one attribute per flag of `build_parser()` (no Beam)."""
 
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        # Beam's get_all_options() builds ONE parser from every PipelineOptions subclass loaded
-        # in the process (preprocess, train and score in `textclf run` or a test session). So no
-        # flag here may be required (checked in main instead), and a flag another stage also
-        # declares (--model_dir, with score) must replace rather than clash: "resolve".
-        allow_shared_flags(parser)
-        parser.add_argument("--data_dir", help="a finished preprocess output (required)")
-        parser.add_argument("--model_dir", help="where the model dir is written (required)")
-        parser.add_argument("--epochs", type=int, default=8)
-        parser.add_argument("--batch_size", type=int, default=64)
-        parser.add_argument("--learning_rate", type=float, default=1e-3)
-        parser.add_argument(
-            "--early_stopping_patience",
-            type=int,
-            default=2,
-            help="epochs without a lower eval loss before stopping (best weights are kept)",
-        )
-        parser.add_argument("--seed", type=int, default=42)
-        parser.add_argument("--shuffle_buffer", type=int, default=10_000)
-        add_model_arguments(parser)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    TrainOptions._add_argparse_args(parser)
+    data_dir: str
+    model_dir: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    early_stopping_patience: int
+    seed: int
+    shuffle_buffer: int
+    # add_model_arguments:
+    embedding_dim: int
+    dropout: float
+    filters: int
+    kernel_size: int
+    pool_size: int
+    lstm_units: int
+    activation: str | None
+    loss: str | None
+    threshold: float
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The stage's own flags, the one source of them (the CLI, `textclf run`, the tests)."""
     parser = argparse.ArgumentParser(
         prog="textclf train",
         description="Fit the Conv1D+LSTM classifier on a preprocess output; export a SavedModel "
         "that takes raw text.",
+        allow_abbrev=False,
     )
-    add_arguments(parser)
+    parser.add_argument("--data_dir", required=True, help="a finished preprocess output (required)")
+    parser.add_argument(
+        "--model_dir", required=True, help="where the model dir is written (required)"
+    )
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--early_stopping_patience",
+        type=int,
+        default=2,
+        help="epochs without a lower eval loss before stopping (best weights are kept)",
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--shuffle_buffer", type=int, default=10_000)
+    add_model_arguments(parser)
     return parser
 
 
-def settings_from(data_dir: str, model_dir: str, **settings) -> argparse.Namespace:
+def parse(argv: Sequence[str]) -> TrainOptions:
+    """The stage's options from `argv`; any other flag exits 2 naming it (pipeline/options.py)."""
+    return parse_own_flags(build_parser(), argv, TrainOptions())
+
+
+def settings_from(data_dir: str, model_dir: str, **settings) -> TrainOptions:
     """The parser's defaults overridden by keyword settings (unknown names are refused)."""
-    opts = build_parser().parse_args(["--data_dir", data_dir, "--model_dir", model_dir])
+    opts = parse(["--data_dir", data_dir, "--model_dir", model_dir])
     unknown = sorted(set(settings) - set(vars(opts)))
     if unknown:
         raise TypeError(f"unknown train settings: {', '.join(unknown)}")
@@ -150,33 +156,13 @@ def model_settings(opts: argparse.Namespace) -> ModelSettings:
     )
 
 
-def read_preprocess_config(data_dir: str) -> dict:
-    """preprocess_config.json of a finished preprocess output, or BadInput saying what to do."""
-    if not outputs.is_complete(data_dir):
-        raise BadInput(
-            f"{data_dir} has no {SUCCESS_FILE}: it is not a finished preprocess output; run "
-            "`textclf preprocess --output_dir` there (again) first"
-        )
-    path = os.path.join(data_dir, CONFIG_FILE)
+def head_for(multi_label: bool, opts: argparse.Namespace) -> Head:
+    """The head `--activation`/`--loss`/`--threshold` ask for on these labels; BadInput when
+    the pairing is refused."""
     try:
-        config = outputs.read_json(path)
-    except Exception as err:  # noqa: BLE001 - any unreadable config is the same user error
-        raise BadInput(f"cannot read {path}: {err}") from err
-    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
-    if missing:
-        raise BadInput(f"{path} lacks {', '.join(missing)}; re-run `textclf preprocess`")
-    return config
-
-
-def head_for(config: dict, opts: argparse.Namespace) -> Head:
-    try:
-        return choose_head(bool(config["multi_label"]), opts.activation, opts.loss, opts.threshold)
+        return choose_head(multi_label, opts.activation, opts.loss, opts.threshold)
     except RefusedPairing as err:
         raise BadInput(str(err)) from err
-
-
-def split_pattern(data_dir: str, split: str) -> str:
-    return os.path.join(data_dir, f"{split}-*{TFRECORD_SUFFIX}")
 
 
 @dataclasses.dataclass
@@ -185,16 +171,6 @@ class TrainResult:
     metrics: dict
     history: dict
     model_card: dict
-
-
-def _count_records(pattern: str) -> int:
-    import tensorflow as tf
-
-    files = tf.io.gfile.glob(pattern)
-    if not files:
-        return 0
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 def _epoch_event_logger(log_dir: str, replay: dict | None = None):
@@ -237,21 +213,6 @@ def _epoch_event_logger(log_dir: str, replay: dict | None = None):
                 writer.close()
 
     return EpochEventLogger()
-
-
-def _versions() -> dict:
-    import apache_beam
-    import keras
-    import tensorflow as tf
-    import tensorflow_transform as tft
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tensorflow_transform": tft.__version__,
-        "apache_beam": apache_beam.__version__,
-    }
 
 
 def new_model_version(now: _dt.datetime | None = None) -> str:
@@ -501,199 +462,28 @@ def _skip_epochs(dataset, epochs: int) -> None:
         del iterator
 
 
+# ---------------------------------------------------------------------------------------------
+# The stage: check inputs -> datasets -> model -> fit (or resume) -> evaluate -> export -> finalize.
+
+
 def run_training(opts: argparse.Namespace) -> TrainResult:
     """Check, fit, evaluate, export and finalize; returns the in-memory model beside the files."""
-    try:
-        outputs.check_replaceable(opts.model_dir, TRAIN_STAGE)
-    except outputs.OutputNotReplaceable as err:
-        raise BadInput(str(err)) from None
-    config = read_preprocess_config(opts.data_dir)
-    head = head_for(config, opts)
-    settings = model_settings(opts)
-    train_pattern = split_pattern(opts.data_dir, TRAIN)
-    eval_pattern = split_pattern(opts.data_dir, EVAL)
-
+    data, head = _check_inputs(opts)
     import keras
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_transform as tft
 
-    from pipeline import export
-    from transforms import evaluation
-    from transforms.model import build_model, layer_shapes
-    from transforms.training_data import make_dataset
-
-    train_rows = _count_records(train_pattern)
-    eval_rows = _count_records(eval_pattern)
-    if train_rows == 0 or eval_rows == 0:
-        raise BadInput(
-            f"{opts.data_dir} has {train_rows} train and {eval_rows} eval rows in "
-            f"*{TFRECORD_SUFFIX}; both splits need rows (check the corpus and the eval split)"
-        )
-
-    tft_output = tft.TFTransformOutput(opts.data_dir)
-    feature_spec = tft_output.transformed_feature_spec()
-    target_key = LABELS_KEY if head.multi_label else LABEL_KEY
-    num_classes = int(config["num_classes"])
-    class_names = [str(n) for n in config["label_vocabulary"]]
-    one_hot = num_classes if head.one_hot_targets else None
-
-    keras.utils.set_random_seed(opts.seed)
-    train_ds = make_dataset(
-        train_pattern,
-        feature_spec,
-        target_key,
-        opts.batch_size,
-        shuffle=True,
-        shuffle_buffer=opts.shuffle_buffer,
-        seed=opts.seed,
-        one_hot_depth=one_hot,
-    )
-    eval_ds = make_dataset(
-        eval_pattern, feature_spec, target_key, opts.batch_size, one_hot_depth=one_hot
-    )
-    # Known lengths give Keras a step count for its progress line (and no "ran out of data").
-    train_ds = train_ds.apply(
-        tf.data.experimental.assert_cardinality(-(-train_rows // opts.batch_size))
-    )
-    eval_ds = eval_ds.apply(
-        tf.data.experimental.assert_cardinality(-(-eval_rows // opts.batch_size))
-    )
-
-    model = build_model(
-        int(config["sequence_length"]),
-        int(config["id_vocabulary_size"]),
-        num_classes,
-        settings,
-        head,
-    )
-    if head.multi_label:
-        fit_metrics = [
-            keras.metrics.BinaryAccuracy(name="binary_accuracy", threshold=head.threshold),
-            keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc"),
-        ]
-    elif one_hot:
-        fit_metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
-    else:
-        fit_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(
-        optimizer=keras.optimizers.Adam(opts.learning_rate), loss=head.loss, metrics=fit_metrics
-    )
-
+    keras.utils.set_random_seed(opts.seed)  # before the datasets and the model are made
+    datasets = _datasets(opts, data, head)
+    model = _compiled_model(opts, data, head)
     # A rerun of a killed training resumes after its last finished epoch (TrainingBackup).
     backup = TrainingBackup(opts.model_dir, backup_settings(opts))
     resumed = backup.open()
-    epochs_restored = resumed["epochs_done"] if resumed else 0
     staging = outputs.staging_dir(opts.model_dir)
     try:
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=opts.early_stopping_patience,
-            restore_best_weights=True,
-        )
-        backup_state = _backup_state_callback(backup, early_stopping, resumed)
-        event_logger = _epoch_event_logger(
-            os.path.join(staging, LOGS_DIR), replay=resumed and resumed["history"]
-        )
-        if resumed and (resumed["stopped"] or epochs_restored >= opts.epochs):
-            # Killed after fitting (while evaluating or exporting): the best weights are what
-            # EarlyStopping would have restored.
-            log.info(
-                "training had finished (%d epochs) before the interruption; exporting the best "
-                "weights from %s",
-                epochs_restored,
-                backup.dir,
-            )
-            model.set_weights(backup.read_weights(resumed["best_weights"]))
-            event_logger.on_train_begin()
-            event_logger.on_train_end()
-        else:
-            if resumed:
-                log.info(
-                    "resuming from epoch %d of %d: epochs 1-%d restored from %s",
-                    epochs_restored + 1,
-                    opts.epochs,
-                    epochs_restored,
-                    backup.dir,
-                )
-                _skip_epochs(train_ds, epochs_restored)
-            log.info(
-                "training on %d rows, validating on %d, for up to %d epochs",
-                train_rows,
-                eval_rows,
-                opts.epochs,
-            )
-            model.fit(
-                train_ds,
-                validation_data=eval_ds,
-                epochs=opts.epochs,
-                callbacks=[
-                    event_logger,
-                    early_stopping,
-                    # Weights, optimizer state and the epoch count; loaded (and `fit` started at
-                    # the next epoch) when `resumed`. Kept after fit: removed after finalize.
-                    keras.callbacks.BackupAndRestore(backup.keras_dir, delete_checkpoint=False),
-                    backup_state,  # after both: see _backup_state_callback
-                ],
-                shuffle=False,  # the tf.data pipeline shuffles
-                verbose=2,
-            )
-        history = backup_state.history  # every epoch, the restored ones included
-
-        # Unshuffled, one_hot off: targets as stored, in the same order as the predictions.
-        eval_plain = make_dataset(eval_pattern, feature_spec, target_key, opts.batch_size)
-        probabilities = model.predict(eval_plain.map(lambda x, y: x), verbose=0)
-        targets = np.concatenate([y.numpy() for _, y in eval_plain])
-        if head.multi_label:
-            metrics = evaluation.multi_label_metrics(
-                targets, probabilities, class_names, head.threshold
-            )
-        else:
-            metrics = evaluation.single_label_metrics(targets, probabilities, class_names)
-        metrics["rows_seen"] = {TRAIN: train_rows, EVAL: eval_rows}
-        metrics["epochs_run"] = len(history.get("loss", []))
-
-        export.export_saved_model(
-            model, tft_output, class_names, head, os.path.join(staging, SAVED_MODEL_DIR)
-        )
-        outputs.write_text(os.path.join(staging, LABELS_TXT), "\n".join(class_names) + "\n")
-        outputs.write_json(os.path.join(staging, METRICS_FILE), metrics)
-        outputs.write_json(os.path.join(staging, HISTORY_FILE), history)
-        stats_path = os.path.join(opts.data_dir, STATS_FILE)
-        card = {
-            "model_version": new_model_version(),
-            "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
-            "data_dir": opts.data_dir,
-            "preprocess_config": config,
-            "data_stats": (
-                outputs.read_json(stats_path) if FileSystems.exists(stats_path) else None
-            ),
-            # What the scorer reads (transforms/scoring.py): the head, and the multi-label
-            # threshold the serving signature applies, without loading the SavedModel.
-            "multi_label": head.multi_label,
-            "threshold": head.threshold if head.multi_label else None,
-            "model": dataclasses.asdict(settings),
-            "head": dataclasses.asdict(head),
-            "training": {
-                k: getattr(opts, k)
-                for k in (
-                    "epochs",
-                    "batch_size",
-                    "learning_rate",
-                    "early_stopping_patience",
-                    "seed",
-                    "shuffle_buffer",
-                )
-            },
-            "epochs_run": metrics["epochs_run"],
-            "epochs_restored": epochs_restored,
-            "parameters": int(model.count_params()),
-            "layers": layer_shapes(model),
-            "versions": _versions(),
-        }
-        outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), card)
-        export.write_reports(history, metrics, class_names, head, staging)
-        outputs.finalize(staging, opts.model_dir, TRAIN_STAGE)
+        history = _fit(opts, model, datasets, backup, resumed, staging)
+        metrics = _evaluate(model, data, head, opts.batch_size, history)
+        _export(staging, model, data, head, metrics, history)
+        card = _model_card(opts, data, head, model, metrics, resumed)
+        _finalize(staging, opts.model_dir, card, data, head, metrics, history)
     except BaseException:
         outputs.discard(staging)  # the backup stays, for the rerun
         raise
@@ -702,19 +492,293 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
     return TrainResult(model, metrics, history, card)
 
 
+def _check_inputs(opts: argparse.Namespace) -> tuple[PreprocessOutput, Head]:
+    """What is checked before any training (BadInput, exit 2): --model_dir is train's to
+    replace, --data_dir a finished preprocess output, the head suits its labels, and both
+    splits have rows."""
+    try:
+        outputs.check_replaceable(opts.model_dir, TRAIN_STAGE)
+    except outputs.OutputNotReplaceable as err:
+        raise BadInput(str(err)) from None
+    data = PreprocessOutput(opts.data_dir)
+    try:
+        data.check_complete()
+    except IncompleteOutput as err:
+        raise BadInput(str(err)) from err
+    head = head_for(data.multi_label, opts)
+    train_rows, eval_rows = data.rows(TRAIN), data.rows(EVAL)
+    if train_rows == 0 or eval_rows == 0:
+        raise BadInput(
+            f"{opts.data_dir} has {train_rows} train and {eval_rows} eval rows (its "
+            f"{STATS_FILE}); both splits need rows (check the corpus and the eval split)"
+        )
+    return data, head
+
+
+@dataclasses.dataclass(frozen=True)
+class _Datasets:
+    """Batches to fit on: train shuffled, both with their length known (Keras then has a step
+    count for its progress line, and no "ran out of data")."""
+
+    train: object  # tf.data.Dataset
+    eval: object
+    train_rows: int
+    eval_rows: int
+
+
+def _target_key(head: Head) -> str:
+    return LABELS_KEY if head.multi_label else LABEL_KEY
+
+
+def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _Datasets:
+    """The tf.data input (transforms/training_data.py); one-hot targets where the loss needs
+    them."""
+    import tensorflow as tf
+
+    from transforms.training_data import make_dataset
+
+    spec, target_key = data.tft_output.transformed_feature_spec(), _target_key(head)
+    one_hot = data.num_classes if head.one_hot_targets else None
+    train_ds = make_dataset(
+        data.split_pattern(TRAIN),
+        spec,
+        target_key,
+        opts.batch_size,
+        shuffle=True,
+        shuffle_buffer=opts.shuffle_buffer,
+        seed=opts.seed,
+        one_hot_depth=one_hot,
+    )
+    eval_ds = make_dataset(
+        data.split_pattern(EVAL), spec, target_key, opts.batch_size, one_hot_depth=one_hot
+    )
+    train_rows, eval_rows = data.rows(TRAIN), data.rows(EVAL)
+    return _Datasets(
+        train_ds.apply(tf.data.experimental.assert_cardinality(-(-train_rows // opts.batch_size))),
+        eval_ds.apply(tf.data.experimental.assert_cardinality(-(-eval_rows // opts.batch_size))),
+        train_rows,
+        eval_rows,
+    )
+
+
+def _compiled_model(opts: argparse.Namespace, data: PreprocessOutput, head: Head):
+    """The Keras model (transforms/model.py) sized by the preprocess output, compiled with the
+    head's loss and the metrics Keras prints per epoch."""
+    import keras
+
+    from transforms.model import build_model
+
+    num_classes = data.num_classes
+    model = build_model(
+        data.sequence_length, data.id_vocabulary_size, num_classes, model_settings(opts), head
+    )
+    if head.multi_label:
+        fit_metrics = [
+            keras.metrics.BinaryAccuracy(name="binary_accuracy", threshold=head.threshold),
+            keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc"),
+        ]
+    elif head.one_hot_targets:
+        fit_metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        fit_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(
+        optimizer=keras.optimizers.Adam(opts.learning_rate), loss=head.loss, metrics=fit_metrics
+    )
+    return model
+
+
+def _fit(
+    opts: argparse.Namespace,
+    model,
+    datasets: _Datasets,
+    backup: TrainingBackup,
+    resumed: dict | None,
+    staging: str,
+) -> dict:
+    """Fit with early stopping, per-epoch TensorBoard logs and `backup` kept after every epoch;
+    when `resumed`, from the epoch after the last one it finished. Returns the history of every
+    epoch, the restored ones included."""
+    import keras
+
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=opts.early_stopping_patience, restore_best_weights=True
+    )
+    backup_state = _backup_state_callback(backup, early_stopping, resumed)
+    event_logger = _epoch_event_logger(
+        os.path.join(staging, LOGS_DIR), replay=resumed and resumed["history"]
+    )
+    epochs_restored = resumed["epochs_done"] if resumed else 0
+    if resumed and (resumed["stopped"] or epochs_restored >= opts.epochs):
+        _restore_finished_fit(model, backup, resumed, event_logger)
+    else:
+        callbacks = [
+            event_logger,
+            early_stopping,
+            # Weights, optimizer state and the epoch count; loaded (and `fit` started at the
+            # next epoch) when `resumed`. Kept after fit: removed after finalize.
+            keras.callbacks.BackupAndRestore(backup.keras_dir, delete_checkpoint=False),
+            backup_state,  # after both: see _backup_state_callback
+        ]
+        _fit_remaining_epochs(opts, model, datasets, epochs_restored, callbacks, backup.dir)
+    return backup_state.history  # every epoch, the restored ones included
+
+
+def _fit_remaining_epochs(
+    opts: argparse.Namespace,
+    model,
+    datasets: _Datasets,
+    epochs_restored: int,
+    callbacks: list,
+    backup_dir: str,
+) -> None:
+    """`model.fit` from epoch `epochs_restored + 1` on (the callbacks restore the rest)."""
+    if epochs_restored:
+        log.info(
+            "resuming from epoch %d of %d: epochs 1-%d restored from %s",
+            epochs_restored + 1,
+            opts.epochs,
+            epochs_restored,
+            backup_dir,
+        )
+        _skip_epochs(datasets.train, epochs_restored)
+    log.info(
+        "training on %d rows, validating on %d, for up to %d epochs",
+        datasets.train_rows,
+        datasets.eval_rows,
+        opts.epochs,
+    )
+    model.fit(
+        datasets.train,
+        validation_data=datasets.eval,
+        epochs=opts.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=2,
+    )
+
+
+def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict, event_logger) -> None:
+    """Killed after fitting (while evaluating or exporting): the model gets the best weights,
+    which EarlyStopping would have restored, and the logs the saved history."""
+    log.info(
+        "training had finished (%d epochs) before the interruption; exporting the best "
+        "weights from %s",
+        resumed["epochs_done"],
+        backup.dir,
+    )
+    model.set_weights(backup.read_weights(resumed["best_weights"]))
+    event_logger.on_train_begin()
+    event_logger.on_train_end()
+
+
+def _evaluate(model, data: PreprocessOutput, head: Head, batch_size: int, history: dict) -> dict:
+    """metrics.json: the eval split's metrics (transforms/evaluation.py), the rows seen and the
+    epochs run."""
+    import numpy as np
+
+    from transforms import evaluation
+    from transforms.training_data import make_dataset
+
+    # Unshuffled, one_hot off: targets as stored, in the same order as the predictions.
+    spec = data.tft_output.transformed_feature_spec()
+    eval_plain = make_dataset(data.split_pattern(EVAL), spec, _target_key(head), batch_size)
+    probabilities = model.predict(eval_plain.map(lambda x, y: x), verbose=0)
+    targets = np.concatenate([y.numpy() for _, y in eval_plain])
+    class_names = data.label_vocabulary
+    if head.multi_label:
+        metrics = evaluation.multi_label_metrics(
+            targets, probabilities, class_names, head.threshold
+        )
+    else:
+        metrics = evaluation.single_label_metrics(targets, probabilities, class_names)
+    metrics["rows_seen"] = {TRAIN: data.rows(TRAIN), EVAL: data.rows(EVAL)}
+    metrics["epochs_run"] = len(history.get("loss", []))
+    return metrics
+
+
+def _export(
+    staging: str, model, data: PreprocessOutput, head: Head, metrics: dict, history: dict
+) -> None:
+    """The raw-text SavedModel (pipeline/export.py), labels.txt, metrics.json, history.json."""
+    from pipeline import export
+
+    class_names = data.label_vocabulary
+    export.export_saved_model(
+        model, data.tft_output, class_names, head, os.path.join(staging, SAVED_MODEL_DIR)
+    )
+    outputs.write_text(os.path.join(staging, LABELS_TXT), "\n".join(class_names) + "\n")
+    outputs.write_json(os.path.join(staging, METRICS_FILE), metrics)
+    outputs.write_json(os.path.join(staging, HISTORY_FILE), history)
+
+
+# The flags model_card.json records under "training".
+CARD_TRAINING_FLAGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "early_stopping_patience",
+    "seed",
+    "shuffle_buffer",
+)
+
+
+def _model_card(
+    opts: argparse.Namespace,
+    data: PreprocessOutput,
+    head: Head,
+    model,
+    metrics: dict,
+    resumed: dict | None,
+) -> dict:
+    """model_card.json: the model's version, what it was trained on and how, its layers."""
+    from transforms.model import layer_shapes
+
+    return {
+        "model_version": new_model_version(),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
+        "data_dir": opts.data_dir,
+        "preprocess_config": data.config,
+        "data_stats": data.stats,
+        # What the scorer reads (transforms/scoring.py): the head, and the multi-label
+        # threshold the serving signature applies, without loading the SavedModel.
+        "multi_label": head.multi_label,
+        "threshold": head.threshold if head.multi_label else None,
+        "model": dataclasses.asdict(model_settings(opts)),
+        "head": dataclasses.asdict(head),
+        "training": {k: getattr(opts, k) for k in CARD_TRAINING_FLAGS},
+        "epochs_run": metrics["epochs_run"],
+        "epochs_restored": resumed["epochs_done"] if resumed else 0,
+        "parameters": int(model.count_params()),
+        "layers": layer_shapes(model),
+        "versions": package_versions(),
+    }
+
+
+def _finalize(
+    staging: str,
+    model_dir: str,
+    card: dict,
+    data: PreprocessOutput,
+    head: Head,
+    metrics: dict,
+    history: dict,
+) -> None:
+    """model_card.json and the PNGs, then the staging dir moved onto `model_dir`, `_SUCCESS`
+    last."""
+    from pipeline import export
+
+    outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), card)
+    export.write_reports(history, metrics, data.label_vocabulary, head, staging)
+    outputs.finalize(staging, model_dir, TRAIN_STAGE)
+
+
 def train(data_dir: str, model_dir: str, **settings) -> dict:
     """In-process entry point: train and export; returns the eval metrics (metrics.json)."""
     return run_training(settings_from(data_dir, model_dir, **settings)).metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    opts, unknown = parser.parse_known_args(argv)
-    if not opts.data_dir or not opts.model_dir:
-        parser.error("--data_dir and --model_dir are required")
-    if unknown:
-        print(f"textclf train: unknown flags: {' '.join(unknown)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse(sys.argv[1:] if argv is None else argv)
     try:
         result = run_training(opts)
     except BadInput as err:

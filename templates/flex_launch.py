@@ -1,84 +1,60 @@
 """Flex Template parameters -> a stage's command line, then the stage itself.
 
 The Dataflow Flex Template launcher calls the launcher script with every template parameter as
-one `--name=value` string. Two kinds of the stages' flags do not take that form: a repeated flag
-(`--input PATTERN...`, argparse `nargs="+"`) and a switch (`--multi_label`, `--lowercase` /
-`--no-lowercase`). So a template parameter for a repeated flag is a comma-separated list
-(`--input=gs://b/a/*.csv,gs://b/more/*.parquet`) and a switch takes `true` or `false`; this
-module rewrites those into the stage's own form, reading which flags they are from the stage's
-`PipelineOptions._add_argparse_args`, and passes everything else (Beam's `--runner`,
-`--project`, `--temp_location`, ...) through unchanged. It owns that rewrite only; the stages
-themselves never see template syntax, so `textclf preprocess` on a laptop and the template on
-Dataflow parse the same flags. templates/metadata.json regexes keep commas out of single paths.
+one `--name=value` string. This module reads those into a mapping (`{name: value}`; a name given
+twice keeps both values, in order) and turns it into the stage's command line with
+`pipeline.options.flags_from_mapping` and the stage's own parser, the mapping `textclf run` applies
+to its config. So a repeated flag's parameter is a comma-separated list
+(`--input=gs://b/a/*.csv,gs://b/more/*.parquet` -> `--input gs://b/a/*.csv gs://b/more/*.parquet`),
+a switch takes `true` or `false` (`--lowercase=false` -> `--no-lowercase`), and Beam's own
+options (`--runner`, `--project`, `--temp_location`, ...) keep their `--name=value` form; an
+argument that is not `--name=value` passes through as it is. It owns that reading only; the
+stages never see template syntax, so `textclf preprocess` on a laptop and the template on
+Dataflow parse the same flags. templates/*/metadata.json regexes keep commas out of single paths.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
 
-# stage -> (module, PipelineOptions subclass with the stage's flags)
-STAGES = {
-    "preprocess": ("pipeline.preprocess", "PreprocessOptions"),
-    "score": ("pipeline.score", "ScoreOptions"),
-}
-TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
+from pipeline.options import flags_from_mapping
+from pipeline.run_config import STAGE_MODULES, stage_parser
+from transforms.contracts import EXIT_BAD_INPUT, PREPROCESS_STAGE, SCORE_STAGE
+
+STAGES = (PREPROCESS_STAGE, SCORE_STAGE)  # the Beam stages, one Flex Template each
 
 
-def stage_parser(options_cls) -> argparse.ArgumentParser:
-    """An argparse parser holding exactly the stage's own flags."""
-    parser = argparse.ArgumentParser(add_help=False)
-    options_cls._add_argparse_args(parser)
-    return parser
-
-
-def _flag_kinds(parser: argparse.ArgumentParser) -> tuple[set, set, set]:
-    lists, switches, negatable = set(), set(), set()
-    for action in parser._actions:
-        for option in action.option_strings:
-            if action.nargs in ("+", "*"):
-                lists.add(option)
-            elif isinstance(action, argparse.BooleanOptionalAction):
-                negatable.add(option)
-            elif isinstance(action, argparse._StoreTrueAction):
-                switches.add(option)
-    return lists, switches, negatable
-
-
-def template_argv(options_cls, argv: Sequence[str]) -> list[str]:
-    """Rewrite template-style `--name=value` parameters into the stage's command line."""
-    lists, switches, negatable = _flag_kinds(stage_parser(options_cls))
-    out: list[str] = []
+def template_mapping(argv: Sequence[str]) -> tuple[dict[str, str | list[str]], list[str]]:
+    """`--name=value` parameters as `{name: value}` (a repeated name: a list of its values), and
+    the arguments of any other form, in order."""
+    mapping: dict[str, str | list[str]] = {}
+    other = []
     for arg in argv:
         name, eq, value = arg.partition("=")
-        if not eq or not (name in lists or name in switches or name in negatable):
-            out.append(arg)
-            continue
-        if name in lists:
-            items = [item.strip() for item in value.split(",") if item.strip()]
-            if not items:
-                raise ValueError(f"template parameter {name} is empty; give a comma-separated list")
-            out.extend([name, *items])
-            continue
-        flag = value.strip().lower()
-        if flag not in TRUE + FALSE:
-            raise ValueError(f"template parameter {name}={value}: use true or false")
-        if flag in TRUE:
-            out.append(name)
-        elif name in negatable:
-            out.append(f"--no-{name[2:]}")
-    return out
+        if not (eq and name.startswith("--") and len(name) > 2):
+            other.append(arg)
+        elif name[2:] in mapping:
+            before = mapping[name[2:]]
+            mapping[name[2:]] = [*(before if isinstance(before, list) else [before]), value]
+        else:
+            mapping[name[2:]] = value
+    return mapping, other
+
+
+def template_argv(stage: str, argv: Sequence[str]) -> list[str]:
+    """Template-style `--name=value` parameters -> the stage's command line (ValueError, naming
+    the parameter, for a value its flag cannot take)."""
+    mapping, other = template_mapping(argv)
+    return flags_from_mapping(stage_parser(stage), mapping) + other
 
 
 def launch(stage: str, argv: Sequence[str]) -> int:
     """Run `stage` with template-style argv; return the stage's exit code (2: bad input)."""
-    module_name, class_name = STAGES[stage]
-    module = importlib.import_module(module_name)
     try:
-        stage_argv = template_argv(getattr(module, class_name), argv)
+        stage_argv = template_argv(stage, argv)
     except ValueError as err:
-        print(f"textclf {stage} (template): {err}", file=sys.stderr)
-        return 2
-    return module.main(stage_argv)
+        print(f"textclf {stage} (template): parameter {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return importlib.import_module(STAGE_MODULES[stage]).main(stage_argv)

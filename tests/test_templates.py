@@ -1,35 +1,32 @@
 """The Flex Templates agree with the stages they launch (fast: no Beam run, no Docker).
 
 For templates/preprocess and templates/score: every metadata parameter is a flag of the stage
-(read from its PipelineOptions class, the same one its CLI parses) and every stage flag is a
-parameter; the stage's required flags are the non-optional parameters; each parameter's regexes
-compile, accept the example its helpText documents and reject obviously bad values; the
-documented examples, rewritten by templates/flex_launch.py, parse as the stage's own flags; and
-every file a Dockerfile COPYs or names exists in the repository.
+(read from its own parser, the one its CLI parses) and every stage flag is a parameter; the stage
+refuses to run without exactly the non-optional parameters; each parameter's regexes compile,
+accept the example its helpText documents and reject obviously bad values; the documented
+examples, rewritten by templates/flex_launch.py, parse as the stage's own flags; and every file a
+Dockerfile COPYs or names exists in the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.preprocess import PreprocessOptions
-from pipeline.score import ScoreOptions
+from pipeline.options import parser_flags
+from pipeline.run_config import stage_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
 LAUNCHER_BASE = "gcr.io/dataflow-templates-base/python311-template-launcher-base"
 
-# stage -> (options class, the flags the stage refuses to run without)
-STAGES = {
-    "preprocess": (PreprocessOptions, {"input", "output_dir"}),
-    "score": (ScoreOptions, {"model_dir", "input", "output", "text_column"}),
-}
 
 # Values every parameter's regexes must reject, then per-parameter ones.
 BAD_EVERYWHERE = ["", " ", "a\nb"]
@@ -63,20 +60,25 @@ def load_flex_launch():
 
 
 flex_launch = load_flex_launch()
+STAGES = flex_launch.STAGES
 
 
 def metadata(stage: str) -> dict:
     return json.loads((TEMPLATES / stage / "metadata.json").read_text())
 
 
-def stage_flags(options_cls) -> dict[str, argparse.Action]:
-    parser = flex_launch.stage_parser(options_cls)
-    return {
-        option[2:]: action
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--") and not option.startswith("--no-")
-    }
+def stage_flags(stage: str) -> dict[str, argparse.Action]:
+    return parser_flags(stage_parser(stage))
+
+
+def refuses(stage: str, argv: list[str]) -> bool:
+    """Whether the stage's parser refuses `argv` (it exits before any work)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            stage_parser(stage).parse_known_args(argv)
+        except SystemExit:
+            return True
+    return False
 
 
 def example_of(param: dict) -> str:
@@ -105,20 +107,22 @@ def test_metadata_has_name_description_and_complete_parameters(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_parameter_is_a_stage_flag_and_every_stage_flag_a_parameter(stage):
-    options_cls, _ = STAGES[stage]
     names = {p["name"] for p in params(stage)}
-    flags = set(stage_flags(options_cls))
+    flags = set(stage_flags(stage))
     assert names - flags == set(), f"metadata parameters the {stage} CLI does not accept"
     assert flags - names == set(), f"{stage} flags missing from templates/{stage}/metadata.json"
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_required_flags_are_exactly_the_non_optional_parameters(stage):
-    options_cls, required = STAGES[stage]
-    argparse_required = {name for name, a in stage_flags(options_cls).items() if a.required}
+def test_the_stage_refuses_to_run_without_exactly_the_non_optional_parameters(stage):
+    examples = {p["name"]: [f"--{p['name']}={example_of(p)}"] for p in params(stage)}
+    argvs = {n: flex_launch.template_argv(stage, a) for n, a in examples.items()}
     non_optional = {p["name"] for p in params(stage) if not p["isOptional"]}
-    assert argparse_required <= required
-    assert non_optional == required
+    assert non_optional, f"templates/{stage}/metadata.json: no parameter is required"
+    assert not refuses(stage, [a for argv in argvs.values() for a in argv])
+    for p in params(stage):
+        without = [a for name, argv in argvs.items() if name != p["name"] for a in argv]
+        assert refuses(stage, without) == (not p["isOptional"]), p["name"]
 
 
 @pytest.mark.parametrize(("stage", "name"), ALL_PARAMS)
@@ -134,10 +138,9 @@ def test_regexes_compile_accept_the_example_and_reject_bad_values(stage, name):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_documented_examples_parse_as_the_stage_flags(stage):
-    options_cls, _ = STAGES[stage]
     template_args = [f"--{p['name']}={example_of(p)}" for p in params(stage)]
-    argv = flex_launch.template_argv(options_cls, template_args + ["--runner=DataflowRunner"])
-    parsed, unknown = flex_launch.stage_parser(options_cls).parse_known_args(argv)
+    argv = flex_launch.template_argv(stage, template_args + ["--runner=DataflowRunner"])
+    parsed, unknown = stage_parser(stage).parse_known_args(argv)
     assert unknown == ["--runner=DataflowRunner"]
     input_example = example_of(next(p for p in params(stage) if p["name"] == "input"))
     assert parsed.input == input_example.split(",")
@@ -145,20 +148,23 @@ def test_documented_examples_parse_as_the_stage_flags(stage):
 
 def test_template_lists_and_switches_become_the_stage_flags():
     argv = flex_launch.template_argv(
-        PreprocessOptions,
+        "preprocess",
         ["--input=gs://b/a/*.csv, gs://b/c.parquet", "--multi_label=true", "--lowercase=false",
-         "--strip_punctuation=false", "--output_dir=gs://b/out", "--project=p"],
+         "--strip_punctuation=false", "--output_dir=gs://b/out", "--project=p",
+         "--experiments=use_runner_v2", "--experiments=shuffle_mode=service"],
     )  # fmt: skip
     assert argv == ["--input", "gs://b/a/*.csv", "gs://b/c.parquet", "--multi_label",
                     "--no-lowercase", "--no-strip_punctuation", "--output_dir=gs://b/out",
-                    "--project=p"]  # fmt: skip
-    parsed = flex_launch.stage_parser(PreprocessOptions).parse_args(argv[:-1])
+                    "--project=p", "--experiments=use_runner_v2",
+                    "--experiments=shuffle_mode=service"]  # fmt: skip
+    parsed, beam = stage_parser("preprocess").parse_known_args(argv)
     assert (parsed.multi_label, parsed.lowercase, parsed.strip_punctuation) == (True, False, False)
+    assert beam == argv[-3:]
 
 
 def test_a_bad_switch_value_is_bad_input_before_any_work(capsys):
     assert flex_launch.launch("preprocess", ["--multi_label=maybe"]) == 2
-    assert "use true or false" in capsys.readouterr().err
+    assert "multi_label must be true or false, not 'maybe'" in capsys.readouterr().err
 
 
 def dockerfiles() -> list[Path]:

@@ -70,6 +70,7 @@ MODEL_VERSION_COLUMN = "model_version"
 
 # Dead letters: the column that says why a row was not used, and the reasons both Beam stages
 # give for unusable text (preprocess adds its own reading and label reasons).
+DEAD_LETTER_TAG = "dead_letter"  # the Beam stages' tagged output of unusable rows
 REASON_COLUMN = "reason"
 REASON_TEXT_NULL = "text is null"
 REASON_TEXT_EMPTY = "text is empty"  # empty or only Unicode whitespace
@@ -79,9 +80,11 @@ REASON_LABEL_MISSING = "label is missing"
 REASON_LABEL_NOT_UTF8 = "label is not valid UTF-8"
 REASON_LABEL_LINE_BREAK = "label has a line break"  # a vocabulary file holds one name per line
 
-# Runs.
+# Runs: `textclf run` writes each stage's output to <root>/<run_date>/<STAGE_DIRS[stage]>.
+STAGE_DIRS = {PREPROCESS_STAGE: "data", TRAIN_STAGE: "model", SCORE_STAGE: "scores"}
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.html"
+RUN_LOCK_FILE = ".run.lock"  # flock()ed by the run that holds <root>/<run_date>; never removed
 
 # Beam metrics namespace of the preprocess stage (counters logged at the end of a run).
 PREPROCESS_METRICS = "textclf.preprocess"

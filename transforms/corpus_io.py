@@ -32,7 +32,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
+from transforms.arrow_types import is_text_or_bytes_type
 from transforms.contracts import (
+    DEAD_LETTER_TAG,
     EVAL,
     PREPROCESS_METRICS,
     RAW_LABEL_KEY,
@@ -57,7 +59,6 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-DEAD_LETTER_TAG = "dead_letter"
 STATS_TAG = "stats"
 _SPLIT_BUCKETS = 10_000
 _READ_BLOCK_BYTES = 4 << 20
@@ -261,19 +262,9 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
     return pa.schema(schema_fields)
 
 
-def _is_textual(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_null(t)
-    )
-
-
 def _is_label_scalar(t: pa.DataType) -> bool:
     return (
-        _is_textual(t)
+        is_text_or_bytes_type(t)
         or pa.types.is_integer(t)
         or pa.types.is_boolean(t)
         or pa.types.is_dictionary(t)
@@ -317,7 +308,7 @@ def inspect_corpus(spec: CorpusSpec) -> dict:
         if fmt == "csv":
             continue  # every CSV cell is text; its labels and ids are read as strings
         text_type = schema.field(spec.text_column).type
-        if not _is_textual(text_type):
+        if not is_text_or_bytes_type(text_type):
             raise CorpusError(
                 f"text column '{spec.text_column}' in {path} holds {text_type}, "
                 "not text; choose a string column with --text_column"
@@ -641,7 +632,7 @@ def tft_input_schema() -> pa.Schema:
     """The Arrow schema of ValidateAndSplit's output, which tf.Transform's adapter reads.
 
     Labels are list<string> for single- and multi-label data alike; the tensor representation
-    (dense scalar or sparse) is what differs, chosen in pipeline/preprocess.py."""
+    (dense scalar or sparse) is what differs, chosen by preprocess_graph.tensor_adapter_config."""
     return pa.schema(
         [
             (TEXT_KEY, pa.list_(pa.string())),
@@ -810,7 +801,6 @@ class ValidateAndSplit(beam.DoFn):
             keys = text
         is_eval = split_of(keys, spec.eval_fraction)
         split = pa.array(np.where(is_eval, EVAL, TRAIN))
-        stats["rows_valid"] = {TRAIN: int((~is_eval).sum()), EVAL: int(is_eval.sum())}
         stats["labels"] = _label_counts(labels, split)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
         yield pa.RecordBatch.from_arrays(

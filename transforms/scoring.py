@@ -29,7 +29,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
+from transforms.arrow_types import is_text_type
 from transforms.contracts import (
+    DEAD_LETTER_TAG,
     LABELS_TXT,
     MODEL_CARD_FILE,
     MODEL_VERSION_COLUMN,
@@ -51,7 +53,6 @@ from transforms.contracts import (
 
 _LOG = logging.getLogger(__name__)
 
-DEAD_LETTER_TAG = "dead_letter"
 METRICS_NAMESPACE = "textclf.score"
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_THRESHOLD = 0.5  # a multi-label model whose card names no threshold
@@ -59,17 +60,6 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label model whose card names no threshold
 # them (pipeline/score.py's --max_dead_letter_fraction, checked when the job finalizes).
 DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.01
 MAX_ERROR_MESSAGE_CHARS = 200  # of the error message's first line, in a dead-letter reason
-
-
-def is_text_type(arrow_type: pa.DataType) -> bool:
-    """True for the Arrow types whose values are strings (plain, large, view or dictionary)."""
-    if pa.types.is_dictionary(arrow_type):
-        return is_text_type(arrow_type.value_type)
-    return (
-        pa.types.is_string(arrow_type)
-        or pa.types.is_large_string(arrow_type)
-        or getattr(pa.types, "is_string_view", lambda _: False)(arrow_type)
-    )
 
 
 @dataclass(frozen=True)

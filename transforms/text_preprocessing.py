@@ -88,7 +88,7 @@ def _counts_schema(large: bool) -> pa.Schema:
 
 
 # Token bytes past which counts switch to 64-bit offsets (Arrow's binary type holds < 2 GiB per
-# array); below it they stay 32-bit, whose hash aggregation was ~6x faster here.
+# array); below it they stay 32-bit, whose hash aggregation is much faster.
 _LARGE_TOKEN_BYTES = 1 << 30
 
 

@@ -185,8 +185,8 @@ class _FastGzipWriter:
     """A gzip stream at compression level 1 over a raw Beam file handle, compressed and written
     by one background thread.
 
-    Beam's compressed files use zlib's default level (6); on token-id records level 1 was about
-    3x faster for files about 15% larger. zlib and file writes release the GIL, so the thread
+    Beam's compressed files use zlib's default level (6); on token-id records level 1 is several
+    times faster for slightly larger files. zlib and file writes release the GIL, so the thread
     overlaps them with the next batch's TensorFlow and Arrow work; one thread keeps the order.
     """
 

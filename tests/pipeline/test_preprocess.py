@@ -14,6 +14,7 @@ import pytest
 from pipeline import preprocess
 from tests.stage_outputs import read_dead_letters, read_examples, read_lines
 from transforms.contracts import CONFIG_FILE, EXIT_BAD_INPUT, STATS_FILE, SUCCESS_FILE
+from transforms.preprocess_graph import BUNDLES_DIR
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -79,7 +80,7 @@ def test_output_has_the_documented_layout_and_success_last(parquet_run):
     assert any(n.startswith("train-") and n.endswith(".tfrecord.gz") for n in names)
     assert any(n.startswith("eval-") and n.endswith(".tfrecord.gz") for n in names)
     assert any(n.startswith("dead_letter-") and n.endswith(".jsonl") for n in names)
-    assert preprocess.BUNDLES_DIR not in names  # bundle files were all renamed, orphans deleted
+    assert BUNDLES_DIR not in names  # bundle files were all renamed, orphans deleted
     for split in ("train", "eval"):
         shards = sorted(n for n in names if n.startswith(f"{split}-"))
         assert shards == [
@@ -304,16 +305,6 @@ def test_zero_oov_buckets_is_refused_because_unknown_tokens_need_an_id(tmp_path,
     code, _ = run(tmp_path, "out", ["--input", str(path), "--num_oov_buckets", "0"])
     assert code == EXIT_BAD_INPUT
     assert "--num_oov_buckets must be at least 1" in capsys.readouterr().err
-
-
-def test_batches_are_cut_by_rows_and_by_text_bytes_and_a_long_row_stands_alone():
-    batch = pa.record_batch(
-        {"body": ["a" * 10, "b" * 50, None, "c" * 5, "d" * 100, "e"], "topic": list("xyzxyz")}
-    )
-    pieces = list(preprocess._rebatch(batch, 4, "body", max_bytes=60))
-    assert [p.num_rows for p in pieces] == [3, 1, 1, 1]
-    assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([batch]))
-    assert [p.num_rows for p in preprocess._rebatch(batch, 4, "body")] == [4, 2]
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """report.html: self-contained, shows each stage's accounting and the metrics, renders in Chromium.
 
-The run directory is built here in code: a manifest as `textclf run` writes it and a model
-directory with metrics.json and the two PNGs drawn by the trainer's own plotting functions.
+The run directory is built here in code: a model directory with metrics.json and the two PNGs
+drawn by the trainer's own plotting functions, and a manifest, either written out as `textclf
+run` writes it or recorded by pipeline/manifest.py from the stages' own output files.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipeline import export, outputs, report
-from transforms.contracts import METRICS_FILE, REPORT_FILE
+from pipeline import export, manifest, outputs, report
+from transforms.contracts import METRICS_FILE, REPORT_FILE, STATS_FILE, SUCCESS_FILE
 
 CHROMIUM = "/usr/bin/chromium"
 CLASSES = ["comp.graphics", "rec.autos", "sci.space"]
@@ -106,6 +107,39 @@ def _manifest(run_dir, status="succeeded", reason=None) -> dict:
     }
 
 
+class _Tables(HTMLParser):
+    """Each table of a page as {heading: [rows of cell texts]}, under the heading before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.heading, self._text, self._row = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h2", "h3", "th", "td"):
+            self._text = ""
+        elif tag == "tr":
+            self._row = []
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text += data
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3"):
+            self.heading, self._text = self._text, None
+        elif tag in ("th", "td"):
+            self._row.append(self._text)
+            self._text = None
+        elif tag == "tr":
+            self.tables.setdefault(self.heading, []).append(self._row)
+
+
+def tables(page: str) -> dict[str, list[list[str]]]:
+    found = _Tables()
+    found.feed(page)
+    return found.tables
+
+
 class _Collect(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -120,12 +154,67 @@ class _Collect(HTMLParser):
             self.hrefs.append(attrs["href"])
 
 
-def test_report_image_names_are_the_trainers():
-    assert (report.CURVES_PNG, report.CONFUSION_PNG, report.F1_BARS_PNG) == (
-        export.CURVES_PNG,
-        export.CONFUSION_PNG,
-        export.F1_BARS_PNG,
+def _finished(stage_dir, files: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        outputs.write_json(str(stage_dir / name), content)
+    (stage_dir / SUCCESS_FILE).write_text("2024-03-01T00:00:00+00:00\n")
+
+
+def test_report_shows_the_figures_the_stages_wrote_as_the_manifest_records_them(run_dir):
+    """stats.json / metrics.json -> pipeline/manifest.py -> report.html, figure for figure."""
+    _finished(
+        run_dir / "data",
+        {
+            STATS_FILE: {
+                "rows_read": 5001,
+                "rows_written": {"train": 4400, "eval": 590},
+                "rows_dead_lettered": 11,
+                "dead_letter_reasons": {"text is empty": 11},
+                "rows_accounted": True,
+            }
+        },
     )
+    _finished(
+        run_dir / "scores",
+        {
+            STATS_FILE: {
+                "rows_read": 301,
+                "rows_scored": 299,
+                "rows_dead_lettered": 2,
+                "dead_letter_reasons": {"text is null": 2},
+            }
+        },
+    )
+    metrics = outputs.read_json(str(run_dir / "model" / METRICS_FILE))
+    metrics.update(rows_seen={"train": 4400, "eval": 590}, epochs_run=4)
+    outputs.write_json(str(run_dir / "model" / METRICS_FILE), metrics)
+    dirs = {"preprocess": "data", "train": "model", "score": "scores"}
+    stages = {
+        stage: {
+            "status": "ran",
+            "dir": str(run_dir / d),
+            **manifest.finished_stage(stage, str(run_dir / d)),
+        }
+        for stage, d in dirs.items()
+    }
+    recorded = {
+        "run_date": "2024-03-01",
+        "status": "succeeded",
+        "stages": stages,
+        "metrics": {"eval": stages["train"]["metrics"], "scored": None},
+    }
+    found = tables(report.render(str(run_dir), recorded))
+    assert found["preprocess"][1] == ["5001", "4400", "590", "11", "text is empty: 11", "True"]
+    assert found["train"][1] == ["4400", "590", "4"]
+    assert found["score"][1] == ["301", "299", "2", "text is null: 2", "True"]
+    assert found["Metrics"][1][:3] == ["eval split (train stage)", "0.8200", "0.8150"]
+    assert [row[:2] for row in found["Stages"][1:]] == [
+        ["preprocess", "ran"],
+        ["train", "ran"],
+        ["score", "ran"],
+    ]
+    assert [row[0] for row in found["Per class"][1:]] == CLASSES
 
 
 def test_report_is_one_self_contained_page_with_accounting_metrics_and_images(run_dir):

@@ -19,8 +19,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import outputs, run
+from pipeline import outputs, run, run_config
+from pipeline.manifest import is_stale
+from pipeline.options import flags_from_mapping
+from pipeline.run_lock import RunLock
 from transforms.contracts import (
     EXIT_BAD_INPUT,
     LABELS_TXT,
@@ -28,9 +32,12 @@ from transforms.contracts import (
     METRICS_FILE,
     MODEL_CARD_FILE,
     REPORT_FILE,
+    RUN_LOCK_FILE,
     STATS_FILE,
     SUCCESS_FILE,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RUN_DATE = "2024-03-01"
 TOPICS = {
@@ -153,29 +160,83 @@ def _statuses(root) -> dict:
 
 
 def test_config_sections_become_each_stages_own_flags(tmp_path):
-    config = run.load_config(_config(tmp_path))
-    argvs = run.stage_argvs(config, str(tmp_path / "runs" / RUN_DATE))
+    config = run_config.load_config(_config(tmp_path))
+    argvs = run_config.stage_argvs(config, str(tmp_path / "runs" / RUN_DATE))
     pre, train, score = argvs["preprocess"], argvs["train"], argvs["score"]
     assert pre[pre.index("--input") + 1] == str(tmp_path / "train.parquet")
-    assert pre[pre.index("--max_tokens") + 1] == "100" and "--lowercase" in pre
+    assert "--max_tokens=100" in pre and "--lowercase" in pre
     assert pre[pre.index("--output_dir") + 1].endswith(f"{RUN_DATE}/data")
     assert train[train.index("--data_dir") + 1].endswith(f"{RUN_DATE}/data")
-    assert train[train.index("--epochs") + 1] == "1"
-    assert score[score.index("--columns") + 1] == "label"
+    assert "--epochs=1" in train
+    assert "--columns=label" in score
     assert score[score.index("--model_dir") + 1].endswith(f"{RUN_DATE}/model")
     # Beam options go to the Beam stages only (train refuses unknown flags).
     assert "--direct_num_workers=1" in pre and "--direct_num_workers=1" in score
     assert not any(a.startswith("--direct") for a in train)
+    # Each stage's own parser reads back what the config says.
+    parsed = run_config.stage_parser("preprocess").parse_known_args(pre)[0]
+    assert (parsed.max_tokens, parsed.sequence_length, parsed.lowercase) == (100, 16, True)
+    assert run_config.stage_parser("score").parse_known_args(score)[0].columns == "label"
 
 
-def test_boolean_settings_follow_the_flags_own_action(tmp_path):
-    parser = run.stage_parser("preprocess")
-    assert run.settings_argv(parser, {"lowercase": False, "multi_label": False}, "preprocess") == [
+def test_boolean_settings_follow_the_flags_own_action():
+    parser = run_config.stage_parser("preprocess")
+    assert flags_from_mapping(parser, {"lowercase": False, "multi_label": False}) == [
         "--no-lowercase"
     ]
-    assert run.settings_argv(
-        parser, {"strip_punctuation": True, "multi_label": True}, "preprocess"
-    ) == ["--strip_punctuation", "--multi_label"]
+    assert flags_from_mapping(parser, {"strip_punctuation": True, "multi_label": True}) == [
+        "--strip_punctuation",
+        "--multi_label",
+    ]
+    assert flags_from_mapping(parser, {"multi_label": "true", "lowercase": "false"}) == [
+        "--multi_label",
+        "--no-lowercase",
+    ]
+    with pytest.raises(ValueError, match="multi_label must be true or false, not 'maybe'"):
+        flags_from_mapping(parser, {"multi_label": "maybe"})
+    with pytest.raises(ValueError, match="max_tokens takes a value, not True"):
+        flags_from_mapping(parser, {"max_tokens": True})
+
+
+def test_list_settings_follow_the_flags_nargs():
+    """A flag of several values gets them after one flag; a one-value flag a comma list."""
+    pre, score = run_config.stage_parser("preprocess"), run_config.stage_parser("score")
+    assert flags_from_mapping(pre, {"input": ["a.csv", "b.csv"]}) == ["--input", "a.csv", "b.csv"]
+    assert flags_from_mapping(pre, {"input": "a.csv, b.csv"}) == ["--input", "a.csv", "b.csv"]
+    assert flags_from_mapping(score, {"columns": ["id", "label"]}) == ["--columns=id,label"]
+    argv = flags_from_mapping(score, {"input": ["a", "b"], "columns": ["id", "label"]})
+    parsed, rest = score.parse_known_args([*argv, "--model_dir=m", "--output=o", "--text_column=t"])
+    assert (parsed.input, parsed.columns, rest) == (["a", "b"], "id,label", [])
+    with pytest.raises(ValueError, match="input is empty"):
+        flags_from_mapping(pre, {"input": []})
+
+
+def test_beam_lists_become_repeated_flags_as_beams_from_dictionary_makes_them(tmp_path):
+    beam = {
+        "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"],
+        "save_main_session": True,
+        "streaming": False,
+        "direct_num_workers": 2,
+        "runner": "DirectRunner",
+    }
+    argv = flags_from_mapping(run_config.stage_parser("score"), beam)
+    assert argv == [
+        "--experiments=use_runner_v2",
+        "--experiments=no_use_multiple_sdk_containers",
+        "--save_main_session",
+        "--direct_num_workers=2",
+        "--runner=DirectRunner",
+    ]
+    assert PipelineOptions(argv).get_all_options() == (
+        PipelineOptions.from_dictionary(beam).get_all_options()
+    )
+    # Through the config, to both Beam stages.
+    path = _config(tmp_path, extra='experiments = ["a", "b"]')
+    argvs = run_config.stage_argvs(run_config.load_config(path), str(tmp_path / RUN_DATE))
+    for stage in ("preprocess", "score"):
+        assert argvs[stage][-3:] == ["--direct_num_workers=1", "--experiments=a", "--experiments=b"]
+        rest = run_config.stage_parser(stage).parse_known_args(argvs[stage])[1]
+        assert PipelineOptions(rest).get_all_options()["experiments"] == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -188,6 +249,11 @@ def test_boolean_settings_follow_the_flags_own_action(tmp_path):
             "[preprocess] argument --num_oov_buckets: invalid",
         ),
         ("[stages]\nx = 1", "unknown section(s) stages"),
+        ("[beam]\nbatch_size = 3", "[beam] batch_size is a flag of `textclf score`"),
+        (
+            "[preprocess]\nstrip_punctuation = 'no'",
+            "[preprocess] strip_punctuation must be true or false",
+        ),
     ],
 )
 def test_bad_config_is_refused_before_any_stage_runs(tmp_path, monkeypatch, capsys, extra, message):
@@ -238,7 +304,7 @@ def test_a_stage_older_than_its_input_stage_runs_again(tmp_path, monkeypatch):
         "train": "ran",
         "score": "not_selected",
     }
-    assert run.is_stale(str(root / RUN_DATE / "scores"), str(root / RUN_DATE / "model"))
+    assert is_stale(str(root / RUN_DATE / "scores"), str(root / RUN_DATE / "model"))
     assert run.main(argv) == 0  # the scores predate the new model: only score runs
     assert fake.calls[4:] == ["score"]
     assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "ran"}
@@ -305,15 +371,74 @@ def test_manifest_records_inputs_config_versions_rows_metrics_and_timings(tmp_pa
     assert not list((root / RUN_DATE).glob("*.tmp-*"))
 
 
-def test_a_second_run_of_the_same_date_is_refused_while_the_first_holds_the_lock(tmp_path, capsys):
-    run_dir = tmp_path / "runs" / RUN_DATE
-    run_dir.mkdir(parents=True)
-    (run_dir / run.LOCK_FILE).write_text(str(os.getppid()))  # a live process
-    code = run.main(
-        ["--config", _config(tmp_path), "--root", str(tmp_path / "runs"), "--run_date", RUN_DATE]
+def _hold_run_lock(run_dir) -> subprocess.Popen:
+    """Another process that takes the run lock of `run_dir` and holds it until it is killed."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pipeline.run_lock import RunLock\n"
+            "with RunLock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(run_dir),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert code == 1
-    assert "another textclf run" in capsys.readouterr().err
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_of_the_same_date_is_refused_while_another_process_holds_the_lock(
+    tmp_path, monkeypatch, capsys
+):
+    root, run_dir = tmp_path / "runs", tmp_path / "runs" / RUN_DATE
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    fake = FakeStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    holder = _hold_run_lock(run_dir)
+    try:
+        assert run.main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"another textclf run (pid {holder.pid}) is running in {run_dir}" in err
+        assert fake.calls == [] and not (run_dir / MANIFEST_FILE).exists()
+    finally:
+        holder.kill()  # SIGKILL: the holder cleans nothing up
+        holder.wait()
+    # The kernel released the dead holder's lock; the lock file stays and is taken again.
+    assert (run_dir / RUN_LOCK_FILE).exists()
+    assert run.main(argv) == 0
+    assert fake.calls == ["preprocess", "train", "score"]
+
+
+def test_the_lock_is_held_for_the_whole_run_and_released_after_it(tmp_path, monkeypatch):
+    root, run_dir = tmp_path / "runs", tmp_path / "runs" / RUN_DATE
+    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
+    contended = []
+
+    def stage_that_tries_the_lock(stage, stage_argv):
+        # Another process asks the kernel for the same lock while the stage runs.
+        probe = subprocess.run(
+            [sys.executable, "-c", "import fcntl, sys\nf = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n    sys.exit(3)\n", str(run_dir / RUN_LOCK_FILE)],
+        )  # fmt: skip
+        contended.append(probe.returncode == 3)
+        return FakeStages()(stage, stage_argv)
+
+    monkeypatch.setattr(run, "call_stage", stage_that_tries_the_lock)
+    assert run.main(argv) == 0
+    assert contended == [True, True, True]
+    with RunLock(str(run_dir)):  # free again once the run is over
+        pass
+
+
+def test_an_object_store_run_directory_has_no_lock():
+    with RunLock("gs://bucket/runs/2024-03-01") as lock:
+        assert lock.path is None
 
 
 def test_a_real_stage_with_bad_input_fails_with_exit_2_and_leaves_no_success(tmp_path, capsys):
@@ -372,7 +497,8 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     assert manifest["status"] == "failed"
     assert manifest["stages"]["preprocess"]["status"] == "failed"
     assert "interrupted" in manifest["stages"]["preprocess"]["reason"]
-    assert not (run_dir / run.LOCK_FILE).exists()
+    with RunLock(str(run_dir)):  # the killed run's lock went with its process
+        pass
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from pipeline import preprocess, score
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     LABEL_VOCAB_NAME,
+    SCORED_PART_PREFIX,
     SPLITS,
     STATS_FILE,
     SUCCESS_FILE,
@@ -222,11 +223,11 @@ def _parquet_rows(out: str, prefix: str) -> list[dict]:
 
 
 def test_score_rows_are_identical_across_runners(scored):
-    expected = _parquet_rows(scored["direct"], score.SCORED_PREFIX)
+    expected = _parquet_rows(scored["direct"], SCORED_PART_PREFIX)
     assert len(expected) == 247
     for runner, out in scored.items():
         assert os.path.exists(os.path.join(out, SUCCESS_FILE)), runner
-        assert _parquet_rows(out, score.SCORED_PREFIX) == expected, runner
+        assert _parquet_rows(out, SCORED_PART_PREFIX) == expected, runner
 
 
 def test_score_dead_letters_and_stats_are_identical_across_runners(scored):

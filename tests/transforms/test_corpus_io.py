@@ -220,3 +220,32 @@ def test_normal_files_keep_the_4_mib_block(tmp_path):
     assert sum(counts) == len(rows)
     assert len(counts) >= 3 and max(counts) * 1024 < 2 * _READ_BLOCK_BYTES
     assert os.path.getsize(path) > 2 * _READ_BLOCK_BYTES
+
+
+@pytest.mark.parametrize(
+    "text_type",
+    [pa.string(), pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string())],
+)
+def test_every_arrow_string_type_score_accepts_is_a_text_column_for_preprocess_too(
+    tmp_path, text_type
+):
+    import pyarrow.parquet as pq
+
+    rows = [{"id": "1", "text": "a b", "label": "x"}, {"id": "2", "text": "c d", "label": "y"}]
+    table = pa.Table.from_pylist(rows)
+    table = table.set_column(1, "text", table.column("text").cast(text_type))
+    pq.write_table(table, tmp_path / "corpus.parquet")
+    path = str(tmp_path / "corpus.parquet")
+    spec = CorpusSpec(
+        patterns=(path,), format="parquet", text_column="text", label_column="label", id_column="id"
+    )
+    files = inspect_corpus(spec)  # the column check accepts the type
+    out = str(tmp_path / "rows.jsonl")
+    with beam.Pipeline(runner=RUNNER) as p:
+        _ = (
+            (p | ReadCorpus(spec, files))["batches"]
+            | beam.FlatMap(_summaries)
+            | beam.io.WriteToText(out, shard_name_template="")
+        )
+    with open(out, encoding="utf-8") as f:
+        assert sorted(json.loads(line) for line in f) == expected(rows)

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 import tensorflow_transform.beam as tft_beam
 
-from pipeline.preprocess import _tensor_adapter_config
 from transforms.contracts import RAW_LABEL_KEY, SPLIT_KEY, TEXT_KEY
 from transforms.corpus_io import tft_input_schema
+from transforms.preprocess_graph import tensor_adapter_config
 from transforms.text_preprocessing import TextSettings, make_preprocessing_fn, order_vocabulary
 
 
@@ -30,7 +30,7 @@ def analyze_and_transform(texts, labels, settings: TextSettings):
         tft_beam.Context(temp_dir=f"{out_dir}/tmp", passthrough_keys={SPLIT_KEY}),
     ):
         data = p | beam.Create([_batch(texts, labels, settings.multi_label)])
-        adapter = _tensor_adapter_config(settings.multi_label)
+        adapter = tensor_adapter_config(settings.multi_label)
         (transformed, _), transform_fn = (data, adapter) | tft_beam.AnalyzeAndTransformDataset(
             make_preprocessing_fn(settings), output_record_batches=True
         )

@@ -1,0 +1,153 @@
+"""Every stage reads its command line one way (pipeline/options.py): its own flags from its
+`build_parser()`, everything else (Beam stages) into Beam's PipelineOptions, in one pass; a flag
+that neither the stage nor Beam declares exits 2 naming it, before any work. Only parsing here:
+no pipeline runs, no model trains.
+"""
+
+from __future__ import annotations
+
+import pytest
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
+
+from pipeline import cli, preprocess, score, train
+from transforms.contracts import EXIT_BAD_INPUT
+
+# Each stage's flags, as documented in README.md: none may be renamed or dropped.
+FLAGS = {
+    "preprocess": ["input", "output_dir", "text_column", "label_column", "id_column", "format",
+                   "csv_delimiter", "multi_label", "label_delimiter", "max_tokens",
+                   "min_frequency", "sequence_length", "num_oov_buckets", "eval_fraction",
+                   "lowercase", "strip_punctuation", "vocabulary_path", "batch_rows"],
+    "score": ["model_dir", "input", "output", "text_column", "id_column", "batch_size", "columns",
+              "threshold", "max_dead_letter_fraction"],
+    "train": ["data_dir", "model_dir", "epochs", "batch_size", "learning_rate",
+              "early_stopping_patience", "seed", "shuffle_buffer", "embedding_dim", "dropout",
+              "filters", "kernel_size", "pool_size", "lstm_units", "activation", "loss",
+              "threshold"],
+}  # fmt: skip
+MODULES = {"preprocess": preprocess, "score": score, "train": train}
+OPTIONS = {
+    "preprocess": preprocess.PreprocessOptions,
+    "score": score.ScoreOptions,
+    "train": train.TrainOptions,
+}
+BEAM_STAGES = ("preprocess", "score")
+
+
+def required(stage: str, tmp_path) -> list[str]:
+    """The stage's required flags, naming paths that do not exist."""
+    return {
+        "preprocess": ["--input", str(tmp_path / "corpus.csv"), "--output_dir", str(tmp_path / "out")],
+        "score": ["--model_dir", str(tmp_path / "model"), "--input", str(tmp_path / "in.parquet"),
+                  "--output", str(tmp_path / "out"), "--text_column", "text"],
+        "train": ["--data_dir", str(tmp_path / "data"), "--model_dir", str(tmp_path / "out")],
+    }[stage]  # fmt: skip
+
+
+def exits_2(capsys, argv: list[str]) -> str:
+    """Run `textclf ARGV` in this process; it must exit 2. Its stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", BEAM_STAGES)
+def test_a_stage_flag_whose_value_equals_a_beam_flags_value_is_kept(stage, tmp_path):
+    argv = [*required(stage, tmp_path), "--text_column", "body", "--job_name", "body"]
+    opts, beam = MODULES[stage].parse(argv)
+    assert opts.text_column == "body"
+    assert beam.view_as(GoogleCloudOptions).job_name == "body"
+
+
+@pytest.mark.parametrize(
+    ("stage", "typo"),
+    [("preprocess", ["--text_colum", "body"]), ("score", ["--text_colum=body"]),
+     ("train", ["--epoch", "3"])],
+)  # fmt: skip
+def test_a_misspelled_flag_exits_2_naming_it_before_any_work(stage, typo, tmp_path, capsys):
+    # `--text_colum` and `--epoch` are prefixes of real flags: no abbreviations, as in Beam.
+    err = exits_2(capsys, [stage, *required(stage, tmp_path), *typo])
+    assert err.splitlines() == [err.strip()], "one line"
+    assert err.startswith(f"textclf {stage}: unknown flag(s): {typo[0].partition('=')[0]};")
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing checked
+
+
+@pytest.mark.parametrize("stage", BEAM_STAGES)
+def test_a_stray_value_exits_2_naming_it(stage, tmp_path, capsys):
+    # --input takes patterns until the next flag; what follows --runner's value is no one's.
+    argv = [*required(stage, tmp_path), "--runner", "FnApiRunner", "more.csv"]
+    err = exits_2(capsys, [stage, *argv])
+    assert err.startswith(f"textclf {stage}: stray value(s): more.csv;")
+
+
+@pytest.mark.parametrize("stage", BEAM_STAGES)
+def test_a_bad_beam_flag_value_exits_2_in_one_line(stage, tmp_path, capsys):
+    err = exits_2(capsys, [stage, *required(stage, tmp_path), "--direct_num_workers", "two"])
+    assert err == f"textclf {stage}: argument --direct_num_workers: invalid int value: 'two'\n"
+
+
+@pytest.mark.parametrize("stage", MODULES)
+def test_a_missing_required_flag_exits_2_naming_it(stage, tmp_path, capsys):
+    argv = required(stage, tmp_path)
+    err = exits_2(capsys, [stage, *argv[2:]])
+    assert f"the following arguments are required: {argv[0]}" in err
+
+
+@pytest.mark.parametrize("stage", BEAM_STAGES)
+def test_beam_flags_reach_beams_options_and_only_they_do(stage, tmp_path):
+    own = required(stage, tmp_path)
+    argv = [*own[:2], "--runner=FnApiRunner", "--direct_num_workers", "2", *own[2:],
+            "--temp_location", "X", "--experiments", "a", "--id_column", "a",
+            "--experiments", "b"]  # fmt: skip
+    opts, beam = MODULES[stage].parse(argv)
+    assert beam.view_as(StandardOptions).runner == "FnApiRunner"
+    assert beam.view_as(DirectOptions).direct_num_workers == 2
+    assert beam.view_as(GoogleCloudOptions).temp_location == "X"
+    assert beam.view_as(DebugOptions).experiments == ["a", "b"]
+    given = beam.get_all_options(drop_default=True, retain_unknown_options=True)
+    assert set(given) == {"runner", "direct_num_workers", "temp_location", "experiments"}
+    assert opts.input == [own[own.index("--input") + 1]] and opts.id_column == "a"
+
+
+@pytest.mark.parametrize("stage", MODULES)
+def test_help_lists_every_stage_flag(stage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([stage, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: textclf {stage} ")
+    for flag in FLAGS[stage]:
+        assert f"--{flag} " in out or f"--{flag}\n" in out, flag
+    if stage in BEAM_STAGES:
+        assert "Beam pipeline options (--runner" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("stage", MODULES)
+def test_each_options_class_names_exactly_the_stage_flags(stage, tmp_path):
+    parsed = MODULES[stage].parse(required(stage, tmp_path))
+    opts = parsed[0] if stage in BEAM_STAGES else parsed
+    assert isinstance(opts, OPTIONS[stage])
+    assert sorted(vars(opts)) == sorted(FLAGS[stage])
+    assert sorted(OPTIONS[stage].__annotations__) == sorted(FLAGS[stage])
+
+
+def test_stages_parsed_in_one_process_do_not_see_each_others_flags(tmp_path, capsys):
+    opts, _ = preprocess.parse(required("preprocess", tmp_path))
+    assert opts.output_dir == str(tmp_path / "out")
+    train.parse(required("train", tmp_path))
+    score.parse(required("score", tmp_path))
+    # Beam's own parser, built from every PipelineOptions class loaded, holds no stage flag.
+    beam_flags = set(PipelineOptions([]).get_all_options())
+    assert beam_flags & {f for flags in FLAGS.values() for f in flags} == set()
+    for stage, foreign in [("preprocess", "--model_dir"), ("train", "--text_column"),
+                           ("score", "--output_dir"), ("train", "--runner")]:  # fmt: skip
+        err = exits_2(capsys, [stage, *required(stage, tmp_path), foreign, "x"])
+        assert err.startswith(f"textclf {stage}: unknown flag(s): {foreign};")
