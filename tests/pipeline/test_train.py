@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline import describe, preprocess, train
+from pipeline import describe, preprocess, train, training_backup
 from pipeline.outputs import backup_dir, read_json
 from transforms.contracts import (
     CONFUSION_PNG,
@@ -255,7 +255,7 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch(tmp_path):
     flags += [f"--{k}={v}" for k, v in TINY.items()]
     command = [sys.executable, "-m", "pipeline.cli", "train", "--model_dir", model_dir, *flags]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    state_file = os.path.join(backup_dir(model_dir), train.BACKUP_STATE_FILE)
+    state_file = os.path.join(backup_dir(model_dir), training_backup.BACKUP_STATE_FILE)
 
     def epochs_done() -> int:
         try:
@@ -301,9 +301,9 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch(tmp_path):
         np.testing.assert_array_equal(resumed, full)
 
 
-def _fake_backup(model_dir: str, settings: dict) -> train.TrainingBackup:
+def _fake_backup(model_dir: str, settings: dict) -> training_backup.TrainingBackup:
     """A backup whose settings.json, Keras files and state.json agree (epoch 1 done)."""
-    backup = train.TrainingBackup(model_dir, settings)
+    backup = training_backup.TrainingBackup(model_dir, settings)
     assert backup.open() is None  # nothing to resume: a fresh backup
     os.makedirs(backup.keras_dir)
     with open(os.path.join(backup.keras_dir, "latest.weights.h5"), "wb") as f:
@@ -317,14 +317,17 @@ def _fake_backup(model_dir: str, settings: dict) -> train.TrainingBackup:
 def test_a_backup_is_resumed_only_under_the_same_settings(tmp_path, caplog):
     model_dir = str(tmp_path / "model")
     _fake_backup(model_dir, {"epochs": 3, "seed": 42})
-    assert train.TrainingBackup(model_dir, {"epochs": 3, "seed": 42}).open()["epochs_done"] == 1
+    assert (
+        training_backup.TrainingBackup(model_dir, {"epochs": 3, "seed": 42}).open()["epochs_done"]
+        == 1
+    )
 
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
-        again = train.TrainingBackup(model_dir, {"epochs": 5, "seed": 42})
+    with caplog.at_level(logging.INFO, logger="pipeline.training_backup"):
+        again = training_backup.TrainingBackup(model_dir, {"epochs": 5, "seed": 42})
         assert again.open() is None
     assert "other settings: epochs 3 -> 5" in caplog.text
-    assert os.listdir(again.dir) == [train.BACKUP_SETTINGS_FILE]  # started afresh
-    assert read_json(os.path.join(again.dir, train.BACKUP_SETTINGS_FILE))["epochs"] == 5
+    assert os.listdir(again.dir) == [training_backup.BACKUP_SETTINGS_FILE]  # started afresh
+    assert read_json(os.path.join(again.dir, training_backup.BACKUP_SETTINGS_FILE))["epochs"] == 5
 
 
 def test_a_backup_killed_while_saving_an_epoch_is_discarded(tmp_path, caplog):
@@ -332,8 +335,8 @@ def test_a_backup_killed_while_saving_an_epoch_is_discarded(tmp_path, caplog):
     backup = _fake_backup(model_dir, {"epochs": 3})
     with open(os.path.join(backup.keras_dir, "latest.weights.h5"), "wb") as f:
         f.write(b"weights of epoch 2")  # the kill came before state.json caught up
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
-        assert train.TrainingBackup(model_dir, {"epochs": 3}).open() is None
+    with caplog.at_level(logging.INFO, logger="pipeline.training_backup"):
+        assert training_backup.TrainingBackup(model_dir, {"epochs": 3}).open() is None
     assert "killed while saving an epoch" in caplog.text
 
 
