@@ -14,6 +14,8 @@ not see each other's flags. `make_pipeline` picks the runner.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 from collections.abc import Sequence
 from typing import TypeVar
@@ -79,6 +81,18 @@ def _beam_parser() -> argparse.ArgumentParser:
     built = []
     PipelineOptions([]).get_all_options(add_extra_args_fn=built.append)
     return built[0]
+
+
+def unknown_beam_flags(argv: list[str]) -> list[str]:
+    """The arguments of `argv` that Beam's registered options do not take (misspelled flags,
+    stray values); what `textclf run` refuses in a config's `[beam]` before anything runs."""
+    error = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(error):
+            _, unknown = _beam_parser().parse_known_args(argv)
+    except SystemExit:  # a value Beam's parser refuses
+        return [error.getvalue().strip().splitlines()[-1]]
+    return unknown
 
 
 def _refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str], hint: str) -> None:

@@ -82,6 +82,27 @@ STAGE_ENTRIES = {
 }
 
 
+# What marks a non-empty directory as that stage's output (besides `_SUCCESS`): its own config
+# or card file, or its part files. Names such as `logs/` or `stats.json` alone are too common to
+# take a directory for textclf's. On object stores `finalize` writes these first and deletes them
+# last, so an output whose finalize was cut short is still recognised.
+STAGE_IDENTITY = {
+    PREPROCESS_STAGE: (CONFIG_FILE,),
+    TRAIN_STAGE: (MODEL_CARD_FILE,),
+    SCORE_STAGE: (f"{SCORED_PART_PREFIX}-*-of-*{PARQUET_SUFFIX}",),
+}
+
+
+def normalized(path: str) -> str:
+    """A local path made absolute and normal (`out/`, `./out`, `link/` name the same place as
+    `out`, `link`); an object-store path without its trailing slash."""
+    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
+
+
+def _is_identity(name: str, stage: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in STAGE_IDENTITY.get(stage, ()))
+
+
 class OutputNotReplaceable(ValueError):
     """An output path that holds something this stage did not write; nothing was touched."""
 
@@ -135,6 +156,11 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
     stage's output). Nothing is moved or deleted here or later when this raises. `entries`
     (patterns as in STAGE_ENTRIES) serves the directories that `run` and `demo` write into.
     """
+    out = normalized(out)
+    if not is_local(out) and any(c in out for c in "*?["):
+        raise OutputNotReplaceable(f"{out}: an output path may not hold *, ? or [")
+    if is_local(out) and os.path.dirname(out) == out:
+        raise OutputNotReplaceable(f"{out} is a filesystem root, not an output directory")
     foreign = foreign_entries(out, entries or STAGE_ENTRIES[stage])
     if foreign:
         shown = ", ".join(foreign[:5]) + (
@@ -144,11 +170,19 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
             f"{out} holds files that textclf {stage} does not write ({shown}); refusing to "
             f"replace it: choose another path, or empty it yourself"
         )
+    present = _entries(out) or {}
+    if entries is None and present and SUCCESS_FILE not in present:
+        if not any(_is_identity(name, stage) for name in present):
+            marks = " or ".join((SUCCESS_FILE, *STAGE_IDENTITY[stage]))
+            raise OutputNotReplaceable(
+                f"{out} is not empty and has no {marks}, so it is not a textclf {stage} "
+                f"output; refusing to replace it: choose another path, or empty it yourself"
+            )
 
 
 def staging_dir(out: str) -> str:
     """A fresh sibling of `out` that no reader takes for a finished output."""
-    out = out.rstrip("/")
+    out = normalized(out)
     parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     staging = FileSystems.join(parent or ".", f".{name}.inprogress-{stamp}-{uuid.uuid4().hex[:8]}")
@@ -162,7 +196,7 @@ def backup_dir(out: str) -> str:
     `staging_dir`), where `textclf train` keeps what a rerun needs to resume; not created here,
     removed by the trainer after a successful finalize. Not an `.inprogress-*` name, so the
     clean-up of stale staging dirs leaves it alone."""
-    out = out.rstrip("/")
+    out = normalized(out)
     parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
     return FileSystems.join(parent or ".", f".{name}.train-backup")
 
@@ -190,15 +224,18 @@ def _files_under(prefix: str) -> list[str]:
     return [m.path for m in FileSystems.match([prefix.rstrip("/") + "/**"])[0].metadata_list]
 
 
-def _delete_tree(path: str) -> None:
-    """Delete a directory, or on an object store every object under it, `_SUCCESS` first."""
+def _delete_tree(path: str, stage: str | None = None) -> None:
+    """Delete a directory, or on an object store every object under it: `_SUCCESS` first,
+    `stage`'s identity files (STAGE_IDENTITY) last."""
     if is_local(path):
         shutil.rmtree(path, ignore_errors=True)
         return
     files = _files_under(path)
-    files.sort(key=lambda f: not f.endswith("/" + SUCCESS_FILE))
-    if files:
-        FileSystems.delete(files)
+    success = [f for f in files if f.endswith("/" + SUCCESS_FILE)]
+    last = [f for f in files if stage and _is_identity(f[len(path.rstrip("/")) + 1 :], stage)]
+    for batch in (success, [f for f in files if f not in success and f not in last], last):
+        if batch:
+            FileSystems.delete(batch)
 
 
 def discard(staging: str) -> None:
@@ -224,7 +261,7 @@ def finalize(staging: str, out: str, stage: str) -> None:
     """Move the finished `staging` dir to `out` (replacing an older output of `stage`), `_SUCCESS`
     last. Checks `out` again first (it may have changed since the run began): raises
     OutputNotReplaceable, touching nothing, when it holds anything `stage` does not write."""
-    out = out.rstrip("/")
+    out = normalized(out)
     check_replaceable(out, stage)
     if is_local(out):
         success = os.path.join(staging, SUCCESS_FILE)
@@ -240,9 +277,12 @@ def finalize(staging: str, out: str, stage: str) -> None:
         if old:
             shutil.rmtree(old, ignore_errors=True)
         return
-    _delete_tree(out)  # the old _SUCCESS goes first, so the old output stops looking complete
+    _delete_tree(out, stage)  # _SUCCESS first, the stage's identity files last
     sources = _files_under(staging)
-    FileSystems.rename(sources, [out + s[len(staging.rstrip("/")) :] for s in sources])
+    first = [f for f in sources if _is_identity(f.rsplit("/", 1)[-1], stage)]
+    for batch in (first, [f for f in sources if f not in first]):  # identity files first
+        if batch:
+            FileSystems.rename(batch, [out + f[len(staging.rstrip("/")) :] for f in batch])
     write_text(FileSystems.join(out, SUCCESS_FILE), now() + "\n")
     discard(staging)
 

@@ -20,7 +20,7 @@ import tomllib
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import flags_from_mapping, parser_flags
+from pipeline.options import flags_from_mapping, parser_flags, unknown_beam_flags
 from transforms.contracts import (
     PREPROCESS_STAGE,
     SCORE_STAGE,
@@ -199,5 +199,9 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
         if rest:
             raise ConfigError(f"[{stage}] not understood: {' '.join(rest)}")
         beam = flags_from_mapping(parser, config.beam) if stage in BEAM_STAGES else []
-        argvs[stage] = own + beam
-    return argvs
+        argvs[stage] = (own, beam)
+    for _, beam in argvs.values():  # after every stage's own check: that message is clearer
+        unknown = unknown_beam_flags(beam)
+        if unknown:
+            raise ConfigError(f"[beam] not a Beam option: {' '.join(unknown)}")
+    return {stage: own + beam for stage, (own, beam) in argvs.items()}

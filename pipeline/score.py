@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -304,39 +305,51 @@ def _check_counts(staging: str, stats: dict) -> None:
             )
 
 
-def _footer_digest(path: str) -> tuple[str, str]:
+def _footer_digest(path: str) -> str:
     """A Parquet file's footer (schema, row groups, column statistics, sizes), digested: what
     orders the shards, read without the data pages."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.seek(-8, os.SEEK_END)
         tail = f.read(8)
         f.seek(-8 - int.from_bytes(tail[:4], "little"), os.SEEK_END)
-        footer = f.read()
-    return hashlib.sha256(footer).hexdigest(), path
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _order_shards(staging: str) -> None:
-    """Number each prefix's part files by their content (footer digest), not by which bundle
-    finished first, so a rerun on the same runner settings names the same files the same way."""
+    """Number each prefix's part files by their content, not by which bundle finished first, so
+    a rerun on the same runner settings names the same files the same way: by footer digest,
+    and by the whole file's digest where two footers are the same (values too long for column
+    statistics). The files pass through `<prefix>-unordered-<random>-N` names, which the count check and
+    a retried Finalize still match."""
     for prefix in (SCORED_PART_PREFIX, DEAD_LETTER_PREFIX):
-        paths = [
-            m.path
-            for m in FileSystems.match([FileSystems.join(staging, f"{prefix}-*{PARQUET_SUFFIX}")])[
-                0
-            ].metadata_list
-        ]
+        pattern = FileSystems.join(staging, f"{prefix}-*{PARQUET_SUFFIX}")
+        paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
         with ThreadPoolExecutor(8) as pool:
-            ordered = [p for _, p in sorted(pool.map(_footer_digest, paths))]
-        moved = [f"{p}.unordered" for p in ordered]  # two steps: new names collide with old
-        FileSystems.rename(ordered, moved)
-        n = len(moved)
-        FileSystems.rename(
-            moved,
-            [
-                FileSystems.join(staging, f"{prefix}-{i:05d}-of-{n:05d}{PARQUET_SUFFIX}")
-                for i in range(n)
-            ],
-        )
+            footers = list(pool.map(_footer_digest, paths))
+        tied = {d for d in footers if footers.count(d) > 1}
+        keys = [
+            (d, _file_digest(p) if d in tied else "", p)
+            for d, p in zip(footers, paths, strict=True)
+        ]
+        ordered = [p for *_, p in sorted(keys)]
+        n, token = len(ordered), uuid.uuid4().hex[:8]  # fresh names: a retry may find old ones
+        unordered = [
+            FileSystems.join(staging, f"{prefix}-unordered-{token}-{i:05d}{PARQUET_SUFFIX}")
+            for i in range(n)
+        ]
+        final = [
+            FileSystems.join(staging, f"{prefix}-{i:05d}-of-{n:05d}{PARQUET_SUFFIX}")
+            for i in range(n)
+        ]
+        if ordered == final:
+            continue
+        FileSystems.rename(ordered, unordered)  # two steps: the new names collide with the old
+        FileSystems.rename(unordered, final)
 
 
 def _check_model_call_failures(stats: dict, max_fraction: float) -> None:

@@ -73,6 +73,6 @@ def discard_stale_staging(stage_dir: str) -> None:
     if not outputs.is_local(stage_dir):
         return
     parent, name = os.path.split(stage_dir.rstrip("/"))
-    for stale in glob.glob(os.path.join(parent, f".{name}.inprogress-*")):
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.inprogress-*")):
         _LOG.info("removing %s, left by an unfinished earlier run", stale)
         outputs.discard(stale)

@@ -26,6 +26,7 @@ from pipeline import outputs
 from pipeline.artifacts import IncompleteOutput, PreprocessOutput
 from pipeline.options import parse_own_flags
 from pipeline.training_backup import (
+    KERAS_WEIGHTS_FILE,
     TrainingBackup,
     backup_settings,
     backup_state_callback,
@@ -428,7 +429,10 @@ def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict, event_lo
         resumed["epochs_done"],
         backup.dir,
     )
-    model.set_weights(backup.read_weights(resumed["best_weights"]))
+    if resumed["best_weights"]:
+        model.set_weights(backup.read_weights(resumed["best_weights"]))
+    else:  # no epoch improved val_loss (NaN from the start): EarlyStopping keeps the last ones
+        model.load_weights(os.path.join(backup.keras_dir, KERAS_WEIGHTS_FILE))
     event_logger.on_train_begin()
     event_logger.on_train_end()
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 BACKUP_KERAS_DIR = "keras"  # keras.callbacks.BackupAndRestore's own files, nothing else
 BACKUP_SETTINGS_FILE = "settings.json"
 BACKUP_STATE_FILE = "state.json"
-_KERAS_WEIGHTS = "latest.weights.h5"  # the names BackupAndRestore writes (Keras 3)
+KERAS_WEIGHTS_FILE = "latest.weights.h5"  # the names BackupAndRestore writes (Keras 3)
 _KERAS_METADATA = "training_metadata.json"
 
 
@@ -129,7 +129,7 @@ class TrainingBackup:
         try:
             state = outputs.read_json(self._path(BACKUP_STATE_FILE))
             keras_meta = outputs.read_json(FileSystems.join(self.keras_dir, _KERAS_METADATA))
-            weights_sha = _sha256(FileSystems.join(self.keras_dir, _KERAS_WEIGHTS))
+            weights_sha = _sha256(FileSystems.join(self.keras_dir, KERAS_WEIGHTS_FILE))
             best = state["best_weights"]
             if best and not FileSystems.exists(self._path(best)):
                 return None, f"{best} is missing"
@@ -163,7 +163,7 @@ class TrainingBackup:
             return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
     def write_state(self, state: dict) -> None:
-        state["weights_sha256"] = _sha256(FileSystems.join(self.keras_dir, _KERAS_WEIGHTS))
+        state["weights_sha256"] = _sha256(FileSystems.join(self.keras_dir, KERAS_WEIGHTS_FILE))
         _write_bytes(
             self._path(BACKUP_STATE_FILE),
             (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"),

@@ -193,3 +193,32 @@ def test_demo_refuses_a_root_holding_other_files(tmp_path, capsys):
     assert demo.main(["--root", str(tmp_path / "home")]) == EXIT_BAD_INPUT
     assert "thesis.txt" in _one_line_naming(capsys, tmp_path / "home")
     assert _snapshot(tmp_path / "home") == {"thesis.txt": "mine"}
+
+
+@pytest.mark.parametrize(
+    "stage, files",
+    [
+        (TRAIN_STAGE, {"logs/train/events.out": "x"}),  # common names alone are not textclf's
+        (TRAIN_STAGE, {"metrics.json": "{}", "labels.txt": "a\n"}),
+        (PREPROCESS_STAGE, {STATS_FILE: "{}"}),
+        (SCORE_STAGE, {STATS_FILE: "{}"}),
+    ],
+)
+def test_a_directory_without_success_or_the_stages_own_file_is_refused(tmp_path, stage, files):
+    before = _tree(tmp_path / "out", files)
+    with pytest.raises(outputs.OutputNotReplaceable, match="not a textclf"):
+        outputs.check_replaceable(str(tmp_path / "out"), stage)
+    assert _snapshot(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("suffix", ["/", "/.", "//"])
+def test_a_path_spelled_with_a_trailing_slash_or_dot_is_checked_as_itself(tmp_path, suffix):
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")
+    with pytest.raises(outputs.OutputNotReplaceable, match="not a directory"):
+        outputs.check_replaceable(str(tmp_path / "link") + suffix, TRAIN_STAGE)
+    _tree(tmp_path / "mine", {"thesis.txt": "mine"})
+    with pytest.raises(outputs.OutputNotReplaceable, match="thesis.txt"):
+        outputs.check_replaceable(str(tmp_path / "mine") + suffix, TRAIN_STAGE)
+    staging = outputs.staging_dir(str(tmp_path / "new") + suffix)
+    assert os.path.dirname(staging) == str(tmp_path)  # a sibling, never inside the output

@@ -250,6 +250,7 @@ def test_beam_lists_become_repeated_flags_as_beams_from_dictionary_makes_them(tm
         ),
         ("[stages]\nx = 1", "unknown section(s) stages"),
         ("[beam]\nbatch_size = 3", "[beam] batch_size is a flag of `textclf score`"),
+        ("[beam]\ndirect_num_worker = 2", "[beam] not a Beam option: --direct_num_worker=2"),
         (
             "[preprocess]\nstrip_punctuation = 'no'",
             "[preprocess] strip_punctuation must be true or false",
