@@ -126,10 +126,11 @@ def _entries(path: str) -> dict[str, bool] | None:
         with os.scandir(path) as it:
             return {e.name: e.is_dir(follow_symlinks=False) for e in it}
     path = path.rstrip("/")
-    if FileSystems.exists(path) and not _files_under(path):
+    files = _files_under(path)
+    if not files and FileSystems.exists(path):
         raise OutputNotReplaceable(f"{path} exists and is not a directory")
     entries: dict[str, bool] = {}
-    for f in _files_under(path):
+    for f in files:
         rest = f[len(path) + 1 :]
         name, sep, _ = rest.partition("/")
         if name:
@@ -137,10 +138,10 @@ def _entries(path: str) -> dict[str, bool] | None:
     return entries or None
 
 
-def foreign_entries(path: str, patterns: tuple[str, ...]) -> list[str]:
-    """The top-level entries of directory `path` that match none of `patterns` (sorted)."""
+def _foreign(present: dict[str, bool], patterns: tuple[str, ...]) -> list[str]:
+    """The entries of `present` ({name: is_dir}) that match none of `patterns` (sorted)."""
     foreign = []
-    for name, is_dir in sorted((_entries(path) or {}).items()):
+    for name, is_dir in sorted(present.items()):
         wanted = [p.rstrip("/") for p in patterns if p.endswith("/") == is_dir]
         if not any(fnmatch.fnmatchcase(name, p) for p in wanted):
             foreign.append(name + ("/" if is_dir else ""))
@@ -151,9 +152,10 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
     """Refuse (OutputNotReplaceable, one line) an `out` that `stage` may not replace.
 
     Allowed: no such path, an empty directory, or a directory holding only entries that
-    `stage` writes (a finished output, or an object-store one whose finalize was cut short).
-    Refused: a regular file, a directory with anything else in it (a user's files, another
-    stage's output). Nothing is moved or deleted here or later when this raises. `entries`
+    `stage` writes and among them `_SUCCESS` or the stage's mark (STAGE_IDENTITY): a finished
+    output, or an object-store one whose finalize was cut short. Refused: a regular file, a
+    directory with anything else in it (a user's files, another stage's output), or common
+    names alone. Nothing is moved or deleted here or later when this raises. `entries`
     (patterns as in STAGE_ENTRIES) serves the directories that `run` and `demo` write into.
     """
     out = normalized(out)
@@ -161,7 +163,8 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
         raise OutputNotReplaceable(f"{out}: an output path may not hold *, ? or [")
     if is_local(out) and os.path.dirname(out) == out:
         raise OutputNotReplaceable(f"{out} is a filesystem root, not an output directory")
-    foreign = foreign_entries(out, entries or STAGE_ENTRIES[stage])
+    present = _entries(out) or {}  # listed once: on an object store, every object under it
+    foreign = _foreign(present, entries or STAGE_ENTRIES[stage])
     if foreign:
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -170,7 +173,6 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
             f"{out} holds files that textclf {stage} does not write ({shown}); refusing to "
             f"replace it: choose another path, or empty it yourself"
         )
-    present = _entries(out) or {}
     if entries is None and present and SUCCESS_FILE not in present:
         if not any(_is_identity(name, stage) for name in present):
             marks = " or ".join((SUCCESS_FILE, *STAGE_IDENTITY[stage]))
@@ -295,6 +297,23 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj) -> None:
     """`write_json`, atomically (see `write_text_atomic`)."""
     _replace_atomically(path, write_json, obj)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """`data` to `path` atomically, flushed to disk before the rename (a resume state must
+    survive the machine going away, not only the process)."""
+    _replace_atomically(path, _write_bytes_synced, data)
+
+
+def _write_bytes_synced(path: str, data: bytes) -> None:
+    if not is_local(path):
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _replace_atomically(path: str, write, content) -> None:

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -44,21 +43,6 @@ def backup_settings(opts: argparse.Namespace) -> dict:
     ).strip()
     settings["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    """Write `path` whole or not at all: a temp file renamed over it locally (object stores
-    publish an object only when its upload completes)."""
-    if not outputs.is_local(path):
-        with FileSystems.create(path) as f:
-            f.write(data)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -152,7 +136,7 @@ class TrainingBackup:
 
         buffer = io.BytesIO()
         np.savez(buffer, *weights)
-        _write_bytes(self._path(name), buffer.getvalue())
+        outputs.write_bytes_atomic(self._path(name), buffer.getvalue())
 
     def read_weights(self, name: str) -> list:
         import io
@@ -164,7 +148,7 @@ class TrainingBackup:
 
     def write_state(self, state: dict) -> None:
         state["weights_sha256"] = _sha256(FileSystems.join(self.keras_dir, KERAS_WEIGHTS_FILE))
-        _write_bytes(
+        outputs.write_bytes_atomic(
             self._path(BACKUP_STATE_FILE),
             (json.dumps(state, indent=2, sort_keys=True) + "\n").encode("utf-8"),
         )
