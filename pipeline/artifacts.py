@@ -199,11 +199,14 @@ class ModelOutput(StageOutput):
         """Finished, with saved_model/ and labels.txt naming at least one class: what scoring
         needs (a model exported without model_card.json is still scored)."""
         self.check_finished()
-        for name in (SAVED_MODEL_DIR, LABELS_TXT):
-            if not FileSystems.exists(self.path(name)):
-                raise IncompleteOutput(
-                    f"model directory {self.dir} has no {name}; re-export the model"
-                )
+        if not FileSystems.exists(self.saved_model_dir):
+            raise IncompleteOutput(
+                f"model directory {self.dir} has no {SAVED_MODEL_DIR}; re-export the model"
+            )
+        if not FileSystems.exists(self.path(LABELS_TXT)):
+            raise IncompleteOutput(
+                f"model directory {self.dir} has no {LABELS_TXT}; re-export the model"
+            )
         if not self.labels:
             raise IncompleteOutput(f"{self.path(LABELS_TXT)} lists no classes")
         return self
@@ -230,7 +233,10 @@ class ModelOutput(StageOutput):
 
     @property
     def saved_model_dir(self) -> str:
-        return self.path(SAVED_MODEL_DIR)
+        """saved_model/ (a train output), or the directory itself (a registry version)."""
+        from transforms.scoring import saved_model_path
+
+        return saved_model_path(self.dir)
 
     @functools.cached_property
     def scoring_model(self):

@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "train": ("pipeline.train", "Keras: TFRecords -> raw-text SavedModel"),
     "describe": ("pipeline.describe", "print the model's layers, shapes, head and loss"),
     "score": ("pipeline.score", "Beam: Parquet + SavedModel -> scored Parquet"),
+    "promote": ("pipeline.promote", "gate a trained model against the registry's champion"),
     "run": ("pipeline.run", "preprocess -> train -> score under one run directory"),
     "demo": ("pipeline.demo", "the whole chain on the embedded 20 Newsgroups data"),
 }

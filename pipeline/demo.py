@@ -20,13 +20,18 @@ import tomllib
 from pathlib import Path
 
 from pipeline import datasets, outputs, run
-from transforms.contracts import EXIT_BAD_INPUT, MANIFEST_FILE, REPORT_FILE
+from transforms.contracts import EXIT_BAD_INPUT, MANIFEST_FILE, REPORT_FILE, RUN_LOCK_FILE
 
 _LOG = logging.getLogger("textclf.demo")
 DATASET = "20newsgroups"
 CONFIG_TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / f"{DATASET}.toml"
 # What the demo writes in its root: the cached corpus, its config and one directory per run date.
-DEMO_ROOT_ENTRIES = ("datasets/", f"{DATASET}.toml", "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/")
+DEMO_ROOT_ENTRIES = (
+    "datasets/",
+    f"{DATASET}.toml",
+    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]/",
+    RUN_LOCK_FILE,  # `textclf run` locks its root
+)
 
 
 def toml_dumps(config: dict) -> str:

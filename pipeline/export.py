@@ -2,7 +2,8 @@
 
 The SavedModel carries the tf.Transform graph (`TFTransformOutput.transform_features_layer()`)
 and the Keras model behind one `serving_default(text: string[None])` endpoint, so serving cannot
-drift from the preprocessing the model was trained on. This module writes into a directory it is
+drift from the preprocessing the model was trained on; the endpoint also returns each row's token
+counts, which the score stage's drift check profiles. This module writes into a directory it is
 given (the training stage's staging dir); finalizing and `_SUCCESS` are the caller's job.
 """
 
@@ -21,10 +22,15 @@ from transforms.contracts import (
     CONFUSION_PNG,
     CURVES_PNG,
     F1_BARS_PNG,
+    NUM_TOKENS_KEY,
+    OUT_NUM_TOKENS,
+    OUT_OOV_TOKENS,
+    OUT_WINDOW_TOKENS,
     SERVING_INPUT,
     SERVING_SIGNATURE,
     TEXT_KEY,
     TOKEN_IDS_KEY,
+    TOKEN_VOCAB_NAME,
 )
 from transforms.model import Head, serving_outputs
 
@@ -39,15 +45,27 @@ def export_saved_model(
     head: Head,
     path: str,
 ) -> None:
-    """raw text -> tf.Transform graph -> model -> probabilities and class names, at `path`."""
+    """raw text -> tf.Transform graph -> model -> probabilities and class names, at `path`.
+
+    Beside the predictions, each row's input profile (what the score stage's drift check sums):
+    `num_tokens` (tokens in the text), `window_tokens` (the non-padding ids the model saw) and
+    `oov_tokens` (those past the vocabulary: ids are vocabulary index + 1, OOV buckets after
+    it, the same definition as preprocess's `oov_rate`).
+    """
     transform_layer = tft_output.transform_features_layer()
     class_names = tf.constant(label_vocabulary, dtype=tf.string)
+    vocab_size = tft_output.vocabulary_size_by_name(TOKEN_VOCAB_NAME)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_INPUT)])
     def serve(text):
         features = transform_layer({TEXT_KEY: text})
-        probabilities = model(features[TOKEN_IDS_KEY], training=False)
-        return serving_outputs(probabilities, class_names, head)
+        ids = features[TOKEN_IDS_KEY]
+        probabilities = model(ids, training=False)
+        outputs = serving_outputs(probabilities, class_names, head)
+        outputs[OUT_NUM_TOKENS] = tf.cast(features[NUM_TOKENS_KEY], tf.int64)
+        outputs[OUT_WINDOW_TOKENS] = tf.reduce_sum(tf.cast(ids > 0, tf.int64), axis=1)
+        outputs[OUT_OOV_TOKENS] = tf.reduce_sum(tf.cast(ids > vocab_size, tf.int64), axis=1)
+        return outputs
 
     archive = keras.export.ExportArchive()
     archive.track(model)

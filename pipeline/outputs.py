@@ -43,6 +43,7 @@ from transforms.contracts import (
     TFRECORD_SUFFIX,
     TIMINGS_FILE,
     TRAIN_STAGE,
+    TRAINING_PROFILE_FILE,
     TRANSFORM_FN_DIR,
     TRANSFORMED_METADATA_DIR,
 )
@@ -68,6 +69,7 @@ STAGE_ENTRIES = {
         METRICS_FILE,
         HISTORY_FILE,
         MODEL_CARD_FILE,
+        TRAINING_PROFILE_FILE,
         f"{LOGS_DIR}/",
         CURVES_PNG,
         CONFUSION_PNG,

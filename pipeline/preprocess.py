@@ -390,6 +390,8 @@ def preprocess(opts: PreprocessOptions, beam_options: PipelineOptions) -> dict:
         id_column=spec.id_column,
         label_delimiter=spec.label_delimiter,
         eval_fraction=spec.eval_fraction,
+        format=spec.format,  # with csv_delimiter: how `textclf promote` re-reads the eval split
+        csv_delimiter=spec.csv_delimiter,
     )
     finalize_args = dict(
         staging=staging,

@@ -3,8 +3,10 @@
 This module owns rendering only: from the run's manifest and the stage outputs it already wrote
 (the model's metrics.json and PNGs) it builds a single HTML page with the stages' status and
 timings, each stage's row accounting, the metrics table, the training curves, the confusion matrix
-(or per-class F1 bars) and the per-class table, with every image embedded as a base64 data URI so
-the file can be mailed or archived alone. It runs nothing and computes no metric itself.
+(or per-class F1 bars), the per-class table and the score stage's drift figures (the measures'
+table and a plot of training vs scored token lengths, drawn here from the manifest's `drift`),
+with every image embedded as a base64 data URI so the file can be mailed or archived alone. It
+runs nothing and computes no metric itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import io
 from collections.abc import Container
 
 from apache_beam.io.filesystems import FileSystems
@@ -81,6 +84,8 @@ th { background: #e8eef6; } td.l, th.l { text-align: left; }
 .ran, .succeeded { color: #11772d; font-weight: bold; } .failed { color: #b00020;
 font-weight: bold; } .skipped, .partial, .not_run, .not_selected, .running { color: #8a6d00;
 font-weight: bold; }
+.ok { color: #11772d; font-weight: bold; } .warn, .unavailable { color: #8a6d00;
+font-weight: bold; } .drift { color: #b00020; font-weight: bold; }
 .muted { color: #666; } img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 """
 
@@ -211,6 +216,110 @@ def _per_class_section(metrics: dict | None, scored: dict | None) -> str:
     return f'<h2>Per class</h2><p class="muted">{_e(note)}</p>' + _table(header, rows)
 
 
+# The drift measures (transforms/drift.py) as the report names them.
+DRIFT_MEASURES = (
+    ("token_length", "token lengths"),
+    ("predicted_class", "predicted classes vs training labels"),
+    ("oov_rate", "OOV rate"),
+)
+
+
+def _length_bins(edges: list) -> list[str]:
+    """Bin labels from the lower edges: "3", "4-5", ..., "8192+"."""
+    labels = []
+    for lo, hi in zip(edges, [*edges[1:], None], strict=True):
+        labels.append(f"{lo}+" if hi is None else str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}")
+    return labels
+
+
+def _length_plot(measure: dict) -> str:
+    """Training vs scored token lengths (share of rows per bin) as an inline PNG figure; ""
+    when either histogram is missing."""
+    training, scored = measure["training"].get("counts"), measure["scored"].get("counts")
+    if not training or not scored or not sum(training) or not sum(scored):
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    t = np.asarray(training, float) / sum(training)
+    q = np.asarray(scored, float) / sum(scored)
+    used = np.nonzero((t > 0) | (q > 0))[0]
+    first, last = int(used[0]), int(used[-1]) + 1
+    x = np.arange(last - first)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(x) + 2), 3.2))
+    ax.bar(x - 0.2, t[first:last], width=0.4, label="training")
+    ax.bar(x + 0.2, q[first:last], width=0.4, label="scored")
+    ax.set_xticks(x, _length_bins(measure["bin_edges"])[first:last], rotation=45, fontsize=8)
+    ax.set_xlabel("tokens per text")
+    ax.set_ylabel("share of rows")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    caption = "Token lengths: training data vs scored data (share of rows per bin)"
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+        f'<figcaption class="muted">{_e(caption)}</figcaption></figure>'
+    )
+
+
+def _drift_figure(name: str, side) -> str:
+    """A measure's training or scored figure, short: quantiles, a rate, or class shares."""
+    if name == "token_length":
+        quantiles = (side or {}).get("quantiles") or {}
+        return ", ".join(f"{k} {v:g}" for k, v in quantiles.items()) or "none"
+    if isinstance(side, float):
+        return f"{side:.4f}"
+    return _fmt(side)
+
+
+def _drift_section(drift: dict | None) -> str:
+    """The score stage's drift against the training data: absent when the run has none."""
+    if not drift:
+        return ""
+    parts = ["<h2>Drift (scored data vs training data)</h2>"]
+    if not drift.get("available"):
+        parts.append(f'<p class="muted">Not measured: {_e(drift.get("reason"))}</p>')
+        return "".join(parts)
+    if drift.get("drifted"):
+        verdict = f"{_status('drift')}: the scored data differ from the training data"
+    else:
+        verdict = f"{_status('ok')}: no measure found drift"
+    parts.append(f"<p>{verdict}</p>")
+    measures = drift.get("measures") or {}
+    rows = []
+    for name, title in DRIFT_MEASURES:
+        m = measures.get(name)
+        if m is None:
+            continue
+        rows.append(
+            [
+                title,
+                m.get("measure"),
+                _drift_figure(name, m.get("training")),
+                _drift_figure(name, m.get("scored")),
+                "" if m.get("value") is None else m["value"],
+                m.get("warn_at"),
+                m.get("drift_at"),
+                _status(m.get("status")),
+                m.get("reason") or "",
+            ]
+        )
+    header = ["what", "measure", "training", "scored", "value", "warn at", "drift at", "status"]
+    parts.append(_table([*header, "note"], rows, left=(0, 1, 2, 3, 7, 8)))
+    warnings = drift.get("warnings") or []
+    if warnings:
+        parts.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
+    if "token_length" in measures:
+        parts.append(_length_plot(measures["token_length"]))
+    return "".join(parts)
+
+
 def render(run_dir: str, manifest: dict) -> str:
     """The report page for `run_dir`, from its manifest and the model directory's files."""
     train = (manifest.get("stages") or {}).get(TRAIN_STAGE) or {}
@@ -239,12 +348,14 @@ def render(run_dir: str, manifest: dict) -> str:
         _stages_section(manifest),
         _accounting_section(manifest),
         _metrics_section(manifest),
+        _promotion_section(manifest),
     ]
     images = [(model.path(name), caption) for name, caption in IMAGES] if model.finished else []
     images = [(p, c) for p, c in images if FileSystems.exists(p)]
     if images:
         parts.append("<h2>Training</h2>" + "".join(_image(p, c) for p, c in images))
     parts.append(_per_class_section(metrics, manifest.get("scored_evaluation")))
+    parts.append(_drift_section(manifest.get("drift")))
     parts.append(
         "<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in versions.items()])
     )
@@ -257,3 +368,44 @@ def write_report(run_dir: str, manifest: dict) -> str:
     path = FileSystems.join(run_dir, REPORT_FILE)
     outputs.write_text_atomic(path, render(run_dir, manifest))
     return path
+
+
+def _promotion_section(manifest: dict) -> str:
+    """The registry: which model scored, and the gate's decision with both models' figures."""
+    model, decision = manifest.get("model"), manifest.get("promotion")
+    if not manifest.get("registry") and not decision:
+        return ""
+    parts = ["<h2>Model registry</h2>"]
+    parts.append(f'<p class="muted">registry: {_e(manifest.get("registry"))}</p>')
+    if model and model.get("version") is not None:
+        parts.append(
+            f"<p>Scored with version {_e(model.get('version'))} "
+            f"({_e(model.get('chosen'))}; model_version {_e(model.get('model_version'))}).</p>"
+        )
+    if decision and decision.get("decision"):
+        metric = decision.get("metric")
+        rows = []
+        for who in ("candidate", "champion"):
+            entry = decision.get(who)
+            if not entry:
+                continue
+            metrics = entry.get("metrics") or {}
+            name = "candidate" if who == "candidate" else f"champion v{entry.get('version')}"
+            rows.append(
+                [name, entry.get("model_version"), metrics.get("accuracy"),
+                 metrics.get("macro_f1"), metrics.get("rows")]
+            )  # fmt: skip
+        parts.append(
+            f"<p>Promotion gate: {_status(decision['decision'])} &mdash; "
+            f"{_e(decision.get('reason'))}</p>"
+        )
+        parts.append(
+            f'<p class="muted">metric {_e(metric)}, tolerance {_e(decision.get("tolerance"))}, '
+            f"floor {_e(decision.get('floor'))}, evaluated on "
+            f"{_e((decision.get('eval') or {}).get('source'))}</p>"
+        )
+        parts.append(_table(["model", "model_version", "accuracy", "macro_f1", "rows"], rows))
+    elif decision:
+        parts.append(f"<p>Promotion gate: {_status(decision.get('status'))} "
+                     f"{_e(decision.get('reason') or '')}</p>")  # fmt: skip
+    return "".join(parts)

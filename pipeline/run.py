@@ -1,14 +1,18 @@
-"""`textclf run`: preprocess -> train -> score under one run directory, as a scheduled job.
+"""`textclf run`: preprocess -> train -> (gate) -> score under one run directory per date.
 
-This module owns the run loop and its command line. Holding the run directory's lock
-(pipeline/run_lock.py), it turns the TOML config into each stage's command line
+This module owns the run loop and its command line: the thing a scheduler calls. Holding the
+root's lock (pipeline/run_lock.py), for each run date (`--run_date`, or every date of
+`--from`..`--to` in order) it resolves the config's dated input patterns
 (pipeline/run_config.py), runs each selected stage as a child process `textclf <stage> ...`
 (pipeline/stage_process.py) under `<root>/<run_date>/{data,model,scores}`, skips a stage whose
 `_SUCCESS` exists (unless `--force`, or its input stage finished after it), rewrites
-`manifest.json` after every stage (pipeline/manifest.py) and writes `report.html`
-(pipeline/report.py) at the end. It preprocesses, trains and scores nothing itself; each stage
-finalizes its own directory, so a failed or killed run leaves nothing that looks complete and a
-rerun finishes the job.
+`manifest.json` after every step (pipeline/manifest.py) and writes `report.html`
+(pipeline/report.py) at the end. With a `[registry]`, a trained model goes through the
+promotion gate (`textclf promote`, pipeline/promote.py) and score uses the registry's champion
+(or the `[score] model_version` pinned), so a daily `--stages score` job and a weekly
+`--stages preprocess,train` job share one registry. It preprocesses, trains, gates and scores
+nothing itself; each step finalizes its own output, so a failed or killed run leaves nothing
+that looks complete and a rerun finishes the job.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from collections.abc import Callable, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import outputs, report
+from pipeline import outputs, registry, report
+from pipeline.artifacts import IncompleteOutput, ModelOutput
 from pipeline.manifest import (
     FAILED,
     NOT_RUN,
@@ -42,18 +47,29 @@ from pipeline.manifest import (
     read_json_or_none,
     write_manifest,
 )
-from pipeline.run_config import ConfigError, RunConfig, load_config, stage_argvs, stage_dirs
+from pipeline.run_config import (
+    ConfigError,
+    RunConfig,
+    load_config,
+    promote_argv,
+    stage_argvs,
+    stage_dirs,
+)
 from pipeline.run_lock import RunLock, RunLocked
 from pipeline.stage_process import call_stage, discard_stale_staging
 from pipeline.versions import package_versions
 from transforms.contracts import (
     EXIT_BAD_INPUT,
+    EXIT_DRIFT,
     MANIFEST_FILE,
+    PREPROCESS_STAGE,
+    PROMOTION_FILE,
     REPORT_FILE,
     RUN_LOCK_FILE,
     SCORE_STAGE,
     STAGE_DIRS,
     STAGES,
+    STATS_FILE,
     SUCCESS_FILE,
     TRAIN_STAGE,
 )
@@ -61,6 +77,9 @@ from transforms.contracts import (
 _LOG = logging.getLogger("textclf.run")
 
 StageCall = Callable[[str, list[str]], tuple[int, str | None]]  # (exit code, reason)
+PROMOTE_COMMAND = "promote"  # the gate runs as `textclf promote`, through the same StageCall
+MISSING_INPUTS = "missing_inputs"  # a date's manifest status when allow_missing skipped it
+MAX_BACKFILL_DAYS = 3660
 
 
 def _new_manifest(
@@ -117,8 +136,8 @@ def _run_stage(
         write_manifest(run_dir, manifest)
         raise
     entry.update(seconds=round(time.time() - t0, 2), finished_at=outputs.now(), exit_code=code)
-    if code == 0 and outputs.is_complete(entry["dir"]):
-        entry["status"] = RAN
+    if code in (0, EXIT_DRIFT) and outputs.is_complete(entry["dir"]):
+        entry["status"] = RAN  # drift is judged from its stats.json, on reruns too (_drift)
         return 0, None
     entry.update(status=FAILED, reason=reason or f"no {SUCCESS_FILE} was written")
     bad_input = " (bad input)" if code == EXIT_BAD_INPUT else ""
@@ -127,12 +146,13 @@ def _run_stage(
 
 def _evaluate(manifest: dict, dirs: dict[str, str], label_column: str) -> None:
     """The run's metrics: the eval split's (from train) and the scored rows' against their
-    labels, when score passed the label column through."""
+    labels, when score passed the label column through (judged with the model that scored)."""
     eval_metrics = None
     if outputs.is_complete(dirs[TRAIN_STAGE]):  # also when train was not selected this time
         eval_metrics = finished_stage(TRAIN_STAGE, dirs[TRAIN_STAGE])["metrics"]
+    scoring_model = (manifest.get("model") or {}).get("dir") or dirs[TRAIN_STAGE]
     try:
-        scored = evaluate_scores(dirs[SCORE_STAGE], dirs[TRAIN_STAGE], label_column)
+        scored = evaluate_scores(dirs[SCORE_STAGE], scoring_model, label_column)
     except Exception as err:  # noqa: BLE001 - an evaluation problem must not hide the run's state
         _LOG.warning("could not evaluate the scores against %s: %s", label_column, err)
         scored = None
@@ -148,6 +168,94 @@ def _evaluate(manifest: dict, dirs: dict[str, str], label_column: str) -> None:
         )
 
 
+def missing_inputs(config: RunConfig, dirs: dict[str, str], stages: Sequence[str]) -> list[str]:
+    """`[inputs] key = pattern` for each input a selected, unfinished step needs whose patterns
+    match no file (a date's files have not arrived, or the pattern is wrong)."""
+    needed = []
+    if PREPROCESS_STAGE in stages and not outputs.is_complete(dirs[PREPROCESS_STAGE]):
+        needed.append(("[inputs] train", config.train_inputs))
+    if SCORE_STAGE in stages and not outputs.is_complete(dirs[SCORE_STAGE]):
+        needed.append(("[inputs] score", config.score_inputs))
+    if config.registry_root and config.eval_inputs and TRAIN_STAGE in stages:
+        needed.append(("[promotion] eval_input", config.eval_inputs))
+    return [
+        f"{key} = {' '.join(patterns)}" for key, patterns in needed if not matched_inputs(patterns)
+    ]
+
+
+def _record_missing(config: RunConfig, run_date: str, run_dir: str, missing: list[str]) -> None:
+    """allow_missing: the date's manifest says it was skipped and why; nothing else is written."""
+    previous = read_json_or_none(FileSystems.join(run_dir, MANIFEST_FILE)) or {}
+    manifest = _new_manifest(config, run_date, run_dir, False, previous)
+    reason = f"no input files: {'; '.join(missing)}"
+    manifest.update(status=MISSING_INPUTS, finished_at=outputs.now(), reason=reason)
+    manifest["invocations"].append(
+        {"started_at": manifest["started_at"], "finished_at": manifest["finished_at"],
+         "status": MISSING_INPUTS, "exit_code": 0}
+    )  # fmt: skip
+    if outputs.is_local(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+    write_manifest(run_dir, manifest)
+    _LOG.warning("run %s: skipped (allow_missing): %s", run_date, reason)
+
+
+def _scoring_model(config: RunConfig, argv: list[str]) -> tuple[list[str], dict]:
+    """Registry runs: the version score uses (the champion now, or `[score] model_version`),
+    added to its argv so the manifest names exactly what scored. RegistryError when none."""
+    pinned = config.settings[SCORE_STAGE].get("model_version")
+    model_dir, version = registry.resolve_model_dir(
+        config.registry_root, None if pinned is None else int(pinned)
+    )
+    if pinned is None:
+        argv = [*argv, "--model_version", str(version)]
+    return argv, _model_record(config.registry_root, model_dir, version, pinned is not None)
+
+
+def _model_record(root: str | None, model_dir: str, version: int | None, pinned: bool) -> dict:
+    record = {"dir": model_dir, "model_version": ModelOutput(model_dir).card.get("model_version")}
+    if root:
+        record.update(registry=root, version=version, chosen="pinned" if pinned else "champion")
+    return record
+
+
+def _gate(
+    call: StageCall, config: RunConfig, run_dir: str, manifest: dict
+) -> tuple[int, str | None]:
+    """The promotion gate for the run's trained model, once per candidate: `textclf promote`
+    writes its decision to `<run_dir>/promotion.json`, which the manifest takes in."""
+    dirs = stage_dirs(run_dir)
+    decision_file = FileSystems.join(run_dir, PROMOTION_FILE)
+    candidate = ModelOutput(dirs[TRAIN_STAGE]).card.get("model_version")
+    decision = read_json_or_none(decision_file)
+    if decision and (decision.get("candidate") or {}).get("model_version") == candidate:
+        _LOG.info("gate: decided before for model %s: %s", candidate, decision.get("decision"))
+    else:
+        _LOG.info("gate: model %s against the champion of %s", candidate, config.registry_root)
+        manifest["promotion"] = {"status": "running"}
+        write_manifest(run_dir, manifest)
+        code, reason = call(PROMOTE_COMMAND, promote_argv(config, run_dir, decision_file))
+        decision = read_json_or_none(decision_file)
+        if code != 0 or not decision:
+            manifest["promotion"] = {"status": FAILED, "reason": reason}
+            bad_input = " (bad input)" if code == EXIT_BAD_INPUT else ""
+            return code or 1, f"textclf run: promotion gate failed{bad_input}: {reason}"
+        _LOG.info("gate: %s: %s", decision.get("decision"), decision.get("reason"))
+    manifest["promotion"] = decision
+    return 0, None
+
+
+def _drift(config: RunConfig, manifest: dict, scores_dir: str) -> tuple[int, str | None]:
+    """Take the score stage's drift figures into the manifest; with `[score] fail_on_drift`,
+    drift fails the run (exit EXIT_DRIFT) on this and every rerun of the date."""
+    stats = read_json_or_none(FileSystems.join(scores_dir, STATS_FILE)) or {}
+    drift = stats.get("drift")
+    manifest["drift"] = drift
+    if drift and drift.get("drifted") and config.settings[SCORE_STAGE].get("fail_on_drift"):
+        why = "; ".join(drift.get("warnings") or []) or "see stats.json"
+        return EXIT_DRIFT, f"textclf run: stage score found drift: {why}"
+    return 0, None
+
+
 def run(
     config: RunConfig,
     root: str,
@@ -158,18 +266,33 @@ def run(
 ) -> int:
     """Run the selected stages under `<root>/<run_date>`; return the exit code.
 
-    On failure prints one line to stderr naming the stage and the reason. `call` runs one stage
-    (default: `call_stage`, a child process).
+    `config`'s dated input patterns are resolved for `run_date` here. On failure prints one
+    line to stderr naming the stage (or the gate) and the reason. `call` runs one stage or the
+    gate (default: `call_stage`, a child process).
     """
     call = call or call_stage
+    config = config.for_date(run_date)
     run_dir = FileSystems.join(root, run_date)
+    dirs = stage_dirs(run_dir)
+    missing = missing_inputs(config, dirs, stages)
+    if missing and config.allow_missing:
+        _record_missing(config, run_date, run_dir, missing)
+        return 0
+    if missing:
+        print(
+            f"textclf run: {run_date}: no input files match {'; '.join(missing)}", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
     if outputs.is_local(run_dir):
         os.makedirs(run_dir, exist_ok=True)
     argvs = stage_argvs(config, run_dir)
-    dirs = stage_dirs(run_dir)
     started = time.time()
     previous = read_json_or_none(FileSystems.join(run_dir, MANIFEST_FILE)) or {}
     manifest = _new_manifest(config, run_date, run_dir, force, previous)
+    manifest["registry"] = config.registry_root
+    # What earlier invocations of this date recorded (which model scored, the gate's decision,
+    # drift) stays until the step that records it runs again.
+    manifest.update({k: previous[k] for k in ("model", "promotion", "drift") if k in previous})
     run_success = FileSystems.join(run_dir, SUCCESS_FILE)
     if FileSystems.exists(run_success):
         FileSystems.delete([run_success])  # the run is being redone; it is no longer complete
@@ -177,7 +300,13 @@ def run(
     for i, stage in enumerate(STAGES):
         entry = {"dir": dirs[stage], "argv": argvs[stage]}
         manifest["stages"][stage] = entry
-        stale = is_stale(dirs[stage], dirs[STAGES[i - 1]] if i else None)
+        # With a registry, score reads the registry's model, not this run's: no upstream here.
+        upstream = (
+            None
+            if i == 0 or (stage == SCORE_STAGE and config.registry_root)
+            else dirs[STAGES[i - 1]]
+        )
+        stale = is_stale(dirs[stage], upstream)
         if stage not in stages:
             entry["status"] = NOT_SELECTED
         elif failure:
@@ -186,6 +315,8 @@ def run(
             entry["status"] = SKIPPED
             old = previous.get("stages", {}).get(stage, {})
             entry.update({k: old[k] for k in ("seconds", "started_at", "finished_at") if k in old})
+            if stage == SCORE_STAGE:
+                entry["argv"] = old.get("argv", entry["argv"])
             _LOG.info(
                 "stage %s: skipped, %s exists in %s (pass --force to redo it)",
                 stage,
@@ -200,16 +331,33 @@ def run(
                 if stale
                 else "no finished output yet"
             )
-            _LOG.info("stage %s: started (%s) -> %s", stage, why, dirs[stage])
-            exit_code, failure = _run_stage(call, stage, argvs[stage], entry, manifest, run_dir)
+            argv = argvs[stage]
+            if stage == SCORE_STAGE:
+                try:
+                    if config.registry_root:
+                        argv, manifest["model"] = _scoring_model(config, argv)
+                    else:
+                        manifest["model"] = _model_record(None, dirs[TRAIN_STAGE], None, False)
+                except (registry.RegistryError, IncompleteOutput) as err:
+                    entry.update(status=FAILED, reason=str(err))
+                    exit_code = EXIT_BAD_INPUT
+                    failure = f"textclf run: stage score failed (bad input): {err}"
+            if not failure:
+                entry["argv"] = argv
+                _LOG.info("stage %s: started (%s) -> %s", stage, why, dirs[stage])
+                exit_code, failure = _run_stage(call, stage, argv, entry, manifest, run_dir)
         if entry["status"] in (RAN, SKIPPED):
             entry.update(finished_stage(stage, dirs[stage]))
             if entry["status"] == RAN:
                 log_stage_end(stage, entry)
+            if stage == TRAIN_STAGE and config.registry_root and stage in stages:
+                exit_code, failure = _gate(call, config, run_dir, manifest)
+            if stage == SCORE_STAGE:
+                exit_code, failure = _drift(config, manifest, dirs[stage])
         write_manifest(run_dir, manifest)
 
     _evaluate(manifest, dirs, config.label_column)
-    complete = all(outputs.is_complete(d) for d in dirs.values())
+    complete = all(outputs.is_complete(dirs[s]) for s in stages)
     manifest.update(
         status="failed" if failure else "succeeded" if complete else "partial",
         finished_at=outputs.now(),
@@ -247,13 +395,22 @@ def run(
     return 0
 
 
+def finished_before(config: RunConfig, root: str, run_date: str, stages: Sequence[str]) -> bool:
+    """A date a backfill skips: its last invocation succeeded (run `_SUCCESS`) and every
+    selected stage's output is there, finished."""
+    run_dir = FileSystems.join(root, run_date)
+    dirs = stage_dirs(run_dir)
+    return outputs.is_complete(run_dir) and all(outputs.is_complete(dirs[s]) for s in stages)
+
+
 # ---------------------------------------------------------------------------------------------
 # What a run may find in its directory.
 
 
 def run_dir_entries() -> tuple[str, ...]:
     """What a run writes in `<root>/<run_date>`: the stage dirs (and their staging, backup and
-    replaced siblings), the manifest, the report, the lock, `_SUCCESS` and their temp files."""
+    replaced siblings), the manifest, the report, the gate's decision, `_SUCCESS` and their
+    temp files."""
     names = []
     for name in STAGE_DIRS.values():
         names += [f"{name}/", f".{name}.*/", f"{name}.replaced-*/"]
@@ -263,7 +420,9 @@ def run_dir_entries() -> tuple[str, ...]:
         f"{MANIFEST_FILE}.tmp-*",
         REPORT_FILE,
         f"{REPORT_FILE}.tmp-*",
-        RUN_LOCK_FILE,
+        PROMOTION_FILE,
+        f"{PROMOTION_FILE}.tmp-*",
+        RUN_LOCK_FILE,  # runs before 2026-11-30 locked the run directory; now the root
         SUCCESS_FILE,
     )
 
@@ -311,32 +470,69 @@ def stages_arg(value: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="textclf run",
-        description="Run preprocess -> train -> score under ROOT/RUN_DATE/{data,model,scores}, "
-        "skipping stages that already finished, and write manifest.json and report.html there.",
+        description="Run preprocess -> train -> score under ROOT/RUN_DATE/{data,model,scores} "
+        "for one date or every date of --from..--to, skipping stages (and, in a range, dates) "
+        "that already finished, and write manifest.json and report.html there. With a "
+        "[registry], a trained model is gated before it is published and score uses the "
+        "registry's champion. Exit 0 only when every selected stage of every date finished.",
     )
     parser.add_argument(
         "--config",
         required=True,
-        help="TOML config ([inputs], [preprocess], "
-        "[train], [score], [beam]); relative paths are relative to it",
+        help="TOML config ([inputs], [preprocess], [train], [score], [beam], [registry], "
+        "[promotion]); relative paths are relative to it; input patterns may hold {run_date} "
+        "or {run_date:%%Y/%%m/%%d}",
     )
-    parser.add_argument("--root", required=True, help="root of the run directories")
     parser.add_argument(
+        "--root", required=True, help="root of the run directories (one run at a time per root)"
+    )
+    dates = parser.add_mutually_exclusive_group()
+    dates.add_argument(
         "--run_date",
         type=run_date_arg,
-        default=_dt.datetime.now(_dt.UTC).date().isoformat(),
-        help="YYYY-MM-DD (default: today, UTC); give an older one to backfill",
+        default=None,
+        help="YYYY-MM-DD (default: today, UTC); inputs are the config's patterns for that date",
+    )
+    dates.add_argument(
+        "--from",
+        dest="from_date",
+        type=run_date_arg,
+        default=None,
+        help="first date of a backfill, YYYY-MM-DD (with --to): every date in order, dates "
+        "that finished before skipped, stopping at the first failure (default: none)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="redo the selected stages even if they finished"
+        "--to", dest="to_date", type=run_date_arg, default=None, help="last date of a backfill "
+        "(with --from), inclusive (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the selected stages even if they finished (default: off)",
     )
     parser.add_argument(
         "--stages",
         type=stages_arg,
         default=STAGES,
-        help=f"comma-separated subset of {','.join(STAGES)} (default: all)",
+        help=f"comma-separated subset of {','.join(STAGES)} (default: all); e.g. score for a "
+        "daily job with the registry's champion, preprocess,train for a weekly retrain",
     )
     return parser
+
+
+def run_dates(args: argparse.Namespace) -> list[str]:
+    """The dates this invocation runs, in order; ConfigError for a bad range."""
+    if (args.from_date is None) != (args.to_date is None):
+        raise ConfigError("--from and --to go together (a backfill's first and last date)")
+    if args.from_date is None:
+        return [args.run_date or _dt.datetime.now(_dt.UTC).date().isoformat()]
+    first, last = _dt.date.fromisoformat(args.from_date), _dt.date.fromisoformat(args.to_date)
+    days = (last - first).days
+    if days < 0:
+        raise ConfigError(f"--from {args.from_date} is after --to {args.to_date}")
+    if days >= MAX_BACKFILL_DAYS:
+        raise ConfigError(f"--from..--to spans {days + 1} days; at most {MAX_BACKFILL_DAYS}")
+    return [(first + _dt.timedelta(days=n)).isoformat() for n in range(days + 1)]
 
 
 def _terminate(signum, _frame):
@@ -348,22 +544,52 @@ def _terminate(signum, _frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        dates = run_dates(args)
         config = load_config(args.config)
-        check_outputs(args.root, args.run_date)
+        if not config.dated and len(dates) > 1:
+            _LOG.warning(
+                "no input pattern holds {run_date}: every date of the backfill reads the same files"
+            )
+        for run_date in dates:
+            check_outputs(args.root, run_date)
     except ConfigError as err:
         print(f"textclf run: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        with RunLock(FileSystems.join(args.root, args.run_date)):
-            return run(config, args.root, args.run_date, args.force, args.stages)
+        with RunLock(args.root):
+            return _run_dates(config, args, dates)
     except ConfigError as err:
         print(f"textclf run: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunLocked as err:
         print(f"textclf run: {err}", file=sys.stderr)
         return 1
+
+
+def _run_dates(config: RunConfig, args: argparse.Namespace, dates: list[str]) -> int:
+    """Each date in order; a range skips dates that finished before and stops at a failure."""
+    for n, run_date in enumerate(dates):
+        if (
+            len(dates) > 1
+            and not args.force
+            and finished_before(config, args.root, run_date, args.stages)
+        ):
+            _LOG.info("run %s: finished before, skipped (pass --force to redo it)", run_date)
+            continue
+        code = run(config, args.root, run_date, args.force, args.stages)
+        if code != 0:
+            if len(dates) > 1:
+                manifest = (
+                    read_json_or_none(FileSystems.join(args.root, run_date, MANIFEST_FILE)) or {}
+                )
+                why = manifest.get("reason") if manifest.get("status") == "failed" else None
+                why = (why or "").removeprefix("textclf run: ") or f"exit {code}"
+                rest = f"; {dates[n + 1]}..{dates[-1]} not run" if n + 1 < len(dates) else ""
+                print(f"textclf run: backfill stopped at {run_date}: {why}{rest}", file=sys.stderr)
+            return code
+    return 0
 
 
 if __name__ == "__main__":

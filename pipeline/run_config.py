@@ -1,7 +1,9 @@
 """The `textclf run` config: a TOML file -> `RunConfig` -> each stage's command line.
 
 This module owns reading and checking the config (`[inputs]`, `[preprocess]`, `[train]`,
-`[score]`, `[beam]`) and turning it into each stage's argv under a run directory. A stage section
+`[score]`, `[beam]`, `[registry]`, `[promotion]`), resolving dated input patterns
+(`{run_date}`, `{run_date:%Y/%m/%d}`) for one run date, and turning it into each stage's argv
+(and the promotion gate's) under a run directory. A stage section
 is mapped to flags by the stage's own parser (`stage_parser`: the stage module's `build_parser()`)
 through `pipeline.options.flags_from_mapping`, then parsed by that parser before anything runs,
 so the config and the CLI cannot drift and a bad setting is a `ConfigError` that names it.
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as _dt
 import importlib
 import io
 import os
+import string
 import tomllib
 
 from apache_beam.io.filesystems import FileSystems
@@ -41,8 +45,14 @@ RESERVED_FLAGS = {
     SCORE_STAGE: {"model_dir", "input", "output", "text_column", "id_column"},
 }
 BEAM_STAGES = (PREPROCESS_STAGE, SCORE_STAGE)
-SECTIONS = ("inputs", *STAGES, "beam")
-INPUT_KEYS = ("train", "score", "text_column", "label_column", "id_column")
+SECTIONS = ("inputs", *STAGES, "beam", "registry", "promotion")
+INPUT_KEYS = ("train", "score", "text_column", "label_column", "id_column", "allow_missing")
+REGISTRY_KEYS = ("root",)
+# [promotion]: the gate `textclf promote` applies after training (flags of the same names).
+PROMOTION_KEYS = ("metric", "tolerance", "floor", "eval_input")
+PROMOTION_DEFAULTS = {"metric": "accuracy", "tolerance": 0.0, "floor": 0.0}
+PROMOTION_METRICS = ("accuracy", "macro_f1")
+DATE_FIELD = "run_date"  # the one placeholder an input pattern may hold
 
 
 class ConfigError(ValueError):
@@ -60,17 +70,60 @@ class RunConfig:
     id_column: str | None
     settings: dict  # stage -> {flag: value}
     beam: dict
+    allow_missing: bool = False  # a date with no input files is recorded as skipped, not an error
+    registry_root: str | None = None  # [registry] root: models are gated and published there
+    promotion: dict = dataclasses.field(default_factory=lambda: dict(PROMOTION_DEFAULTS))
+    eval_inputs: tuple[str, ...] = ()  # [promotion] eval_input: a fixed evaluation set
+
+    @property
+    def dated(self) -> bool:
+        """Whether any input pattern depends on the run date."""
+        return any(_fields(p) for p in (*self.train_inputs, *self.score_inputs, *self.eval_inputs))
+
+    def for_date(self, run_date: str) -> RunConfig:
+        """This config with `{run_date...}` in the input patterns resolved for `run_date`."""
+        date = _dt.date.fromisoformat(run_date)
+
+        def resolve(patterns: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(p.format(run_date=date) if _fields(p) else p for p in patterns)
+
+        return dataclasses.replace(
+            self,
+            train_inputs=resolve(self.train_inputs),
+            score_inputs=resolve(self.score_inputs),
+            eval_inputs=resolve(self.eval_inputs),
+        )
+
+
+def _fields(pattern: str) -> list[str]:
+    """The `{...}` field names in a pattern (str.format syntax; `{{` is a literal brace)."""
+    return [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+
+
+def _check_placeholders(pattern: str, key: str) -> None:
+    """A pattern may hold `{run_date}` or `{run_date:<strftime format>}` and nothing else."""
+    try:
+        fields = _fields(pattern)
+        if any(f != DATE_FIELD for f in fields):
+            raise ValueError(
+                f"unknown placeholder {{{next(f for f in fields if f != DATE_FIELD)}}}"
+            )
+        pattern.format(run_date=_dt.date(2024, 3, 1))
+    except (ValueError, IndexError, KeyError) as err:
+        raise ConfigError(
+            f"{key} pattern {pattern!r}: {err}; the only placeholder is {{run_date}} or "
+            "{run_date:%Y/%m/%d} (strftime codes); write a literal brace as {{ or }}"
+        ) from None
 
 
 def _patterns(value, key: str, base: str) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
     if not values or not all(isinstance(v, str) and v for v in values):
-        raise ConfigError(f"[inputs] {key} must be a file pattern or a list of them")
+        raise ConfigError(f"{key} must be a file pattern or a list of them")
+    for v in values:
+        _check_placeholders(v, key)
     # Relative patterns are relative to the config file, so a cron job's cwd does not matter.
-    return tuple(
-        v if "://" in v or os.path.isabs(v) else os.path.normpath(os.path.join(base, v))
-        for v in values
-    )
+    return tuple(_local_or_url(v, base) for v in values)
 
 
 def load_config(path: str) -> RunConfig:
@@ -100,18 +153,71 @@ def load_config(path: str) -> RunConfig:
     for key in ("train", "score"):
         if key not in inputs:
             raise ConfigError(f"{path}: [inputs] needs `{key}` (file pattern(s) to {key} on)")
+    if not isinstance(inputs.get("allow_missing", False), bool):
+        raise ConfigError(f"{path}: [inputs] allow_missing must be true or false")
     base = os.path.dirname(os.path.abspath(path))
+    registry_root, promotion, eval_inputs = _registry(path, raw, base)
+    if "model_version" in raw.get("score", {}) and registry_root is None:
+        raise ConfigError(
+            f"{path}: [score] model_version pins a registry version and needs [registry] root"
+        )
     return RunConfig(
         path=os.path.abspath(path),
         raw=raw,
-        train_inputs=_patterns(inputs["train"], "train", base),
-        score_inputs=_patterns(inputs["score"], "score", base),
+        train_inputs=_patterns(inputs["train"], "[inputs] train", base),
+        score_inputs=_patterns(inputs["score"], "[inputs] score", base),
         text_column=str(inputs.get("text_column", "text")),
         label_column=str(inputs.get("label_column", "label")),
         id_column=inputs.get("id_column"),
         settings={stage: dict(raw.get(stage, {})) for stage in STAGES},
         beam=dict(raw.get("beam", {})),
+        allow_missing=inputs.get("allow_missing", False),
+        registry_root=registry_root,
+        promotion=promotion,
+        eval_inputs=eval_inputs,
     )
+
+
+def _local_or_url(value: str, base: str) -> str:
+    return (
+        value
+        if "://" in value or os.path.isabs(value)
+        else os.path.normpath(os.path.join(base, value))
+    )
+
+
+def _registry(path: str, raw: dict, base: str) -> tuple[str | None, dict, tuple[str, ...]]:
+    """[registry] root and [promotion] settings, checked."""
+    registry, promotion = raw.get("registry", {}), raw.get("promotion", {})
+    for section, table, keys in (
+        ("registry", registry, REGISTRY_KEYS),
+        ("promotion", promotion, PROMOTION_KEYS),
+    ):
+        extra = sorted(set(table) - set(keys))
+        if extra:
+            raise ConfigError(
+                f"{path}: unknown [{section}] key(s) {', '.join(extra)}; keys are: "
+                f"{', '.join(keys)}"
+            )
+    root = registry.get("root")
+    if root is not None and not (isinstance(root, str) and root):
+        raise ConfigError(f"{path}: [registry] root must be a directory path")
+    if promotion and root is None:
+        raise ConfigError(f"{path}: [promotion] needs [registry] root (where models are published)")
+    settings = {**PROMOTION_DEFAULTS, **{k: v for k, v in promotion.items() if k != "eval_input"}}
+    if settings["metric"] not in PROMOTION_METRICS:
+        raise ConfigError(
+            f"{path}: [promotion] metric must be one of {', '.join(PROMOTION_METRICS)}, "
+            f"not {settings['metric']!r}"
+        )
+    for key in ("tolerance", "floor"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ConfigError(f"{path}: [promotion] {key} must be a number in [0, 1]")
+    eval_inputs = ()
+    if "eval_input" in promotion:
+        eval_inputs = _patterns(promotion["eval_input"], "[promotion] eval_input", base)
+    return (_local_or_url(root, base) if root else None), settings, eval_inputs
 
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
@@ -143,7 +249,7 @@ def _run_flags(config: RunConfig, dirs: dict[str, str]) -> dict[str, list[str]]:
         TRAIN_STAGE: ["--data_dir", dirs[PREPROCESS_STAGE], "--model_dir", dirs[TRAIN_STAGE]],
         SCORE_STAGE: [
             "--model_dir",
-            dirs[TRAIN_STAGE],
+            config.registry_root or dirs[TRAIN_STAGE],
             "--input",
             *config.score_inputs,
             "--output",
@@ -205,3 +311,33 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
         if unknown:
             raise ConfigError(f"[beam] not a Beam option: {' '.join(unknown)}")
     return {stage: own + beam for stage, (own, beam) in argvs.items()}
+
+
+def promote_argv(config: RunConfig, run_dir: str, decision_file: str) -> list[str]:
+    """`textclf promote`'s command line for the run's candidate model: evaluated against the
+    registry's champion on [promotion] eval_input, else on the run's own eval split."""
+    dirs = stage_dirs(run_dir)
+    p = config.promotion
+    if config.eval_inputs:
+        rows = ["--eval_input", *config.eval_inputs, "--text_column", config.text_column,
+                "--label_column", config.label_column]  # fmt: skip
+        delimiter = config.settings[PREPROCESS_STAGE].get("label_delimiter")
+        if delimiter is not None:
+            rows += ["--label_delimiter", str(delimiter)]
+    else:
+        rows = ["--eval_data", dirs[PREPROCESS_STAGE]]
+    return [
+        "--candidate",
+        dirs[TRAIN_STAGE],
+        "--registry",
+        config.registry_root,
+        *rows,
+        "--metric",
+        str(p["metric"]),
+        "--tolerance",
+        repr(float(p["tolerance"])),
+        "--floor",
+        repr(float(p["floor"])),
+        "--decision_file",
+        decision_file,
+    ]

@@ -8,7 +8,9 @@ directory (`part-*.parquet`, `dead_letter-*.parquet`, `stats.json`, then `_SUCCE
 visible under the output until it is complete, and nothing at all when the row counts disagree or
 more than `--max_dead_letter_fraction` of the rows read failed the model call). Finalizing is the
 job's own last step, so a launch that returns before the job ends (a Flex Template) still gets a
-finished directory. The batched
+finished directory. The same step writes the scored rows' profile and its drift against the
+model's training_profile.json into stats.json (transforms/drift.py measures it); the CLI warns of
+drift and, with `--fail_on_drift`, exits EXIT_DRIFT once the output is complete. The batched
 inference itself lives in `transforms/scoring.py`. `score(...)` is the library entry used by
 `textclf run`; `main(argv)` is the CLI.
 """
@@ -39,17 +41,22 @@ from pipeline.options import (
     parse_beam_stage,
     run_and_log_counters,
 )
+from pipeline.registry import RegistryError, resolve_model_dir
 from transforms.contracts import (
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
+    EXIT_DRIFT,
     PARQUET_SUFFIX,
     REASON_COLUMN,
     SCORE_STAGE,
     SCORED_PART_PREFIX,
     STATS_FILE,
+    TRAINING_PROFILE_FILE,
 )
+from transforms.drift import DRIFT, compare, scoring_profile
 from transforms.score_graph import (
     DEAD_LETTERED,
+    PROFILE,
     READ,
     SCORED,
     WRITTEN_PREFIX,
@@ -77,6 +84,7 @@ class ScoreOptions(argparse.Namespace):
     flags (--runner, ...) are parsed apart, into PipelineOptions (`parse`)."""
 
     model_dir: str
+    model_version: int | None
     input: list[str]
     output: str
     text_column: str
@@ -85,6 +93,7 @@ class ScoreOptions(argparse.Namespace):
     columns: str | None
     threshold: float | None
     max_dead_letter_fraction: float
+    fail_on_drift: bool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--model_dir", required=True, help="a finished training-stage model directory"
+        "--model_dir",
+        required=True,
+        help="a finished training-stage model directory, or a model registry root (its "
+        "CHAMPION version is used; see --model_version)",
+    )
+    parser.add_argument(
+        "--model_version",
+        type=int,
+        default=None,
+        help="with a registry root as --model_dir: score with this version instead of the "
+        "champion (default: the champion)",
     )
     parser.add_argument(
         "--input",
@@ -141,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail the job (exit 1, nothing published) when more than this fraction of the "
         "rows read were dead-lettered because the model call failed on them, in [0, 1] "
         "(default %(default)s; rows with unusable text do not count)",
+    )
+    parser.add_argument(
+        "--fail_on_drift",
+        action="store_true",
+        help="exit 3 when the scored data drifted from the model's training data (stats.json "
+        "'drift', see docs/DESIGN.md); the output is written and complete either way (default: "
+        "off, drift is only logged as warnings)",
     )
     return parser
 
@@ -223,6 +249,26 @@ def _passthrough_schema(
     return pa.schema([first.field(c) for c in wanted])
 
 
+def _training_profile(model_dir: str) -> tuple[dict | None, str | None]:
+    """The model directory's training_profile.json, or None and why there is none. A profile
+    that cannot be read is logged and leaves drift unmeasured: it never stops the scoring."""
+    path = FileSystems.join(model_dir, TRAINING_PROFILE_FILE)
+    if not FileSystems.exists(path):
+        return None, (
+            f"{path} does not exist (a model trained before textclf wrote it); retrain the "
+            "model to measure drift"
+        )
+    try:
+        profile = outputs.read_json(path)
+        if not isinstance(profile, dict):
+            raise ValueError("not a JSON object")
+    except Exception as err:  # noqa: BLE001 - any unreadable profile: drift is not measured
+        reason = f"cannot read {path}: {err}"
+        _LOG.warning("drift not measured: %s", reason)
+        return None, reason
+    return profile, None
+
+
 def _load_model_info(model_dir: str) -> ScoringModel:
     """The model to score with, from a finished model directory with a SavedModel and classes."""
     model = ModelOutput(model_dir)
@@ -243,6 +289,8 @@ def build_pipeline(
     output: str,
     header: dict,
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
+    training_profile: dict | None = None,
+    no_profile_reason: str | None = None,
 ) -> None:
     """`ScoreParquet(stage)` (writing under `stage.output_dir`, the staging directory), then the
     job's last step, `Finalize`: `finalize` to `output`, with every write's result as a side
@@ -271,6 +319,9 @@ def build_pipeline(
             output=output,
             header=header,
             max_dead_letter_fraction=max_dead_letter_fraction,
+            tokens=beam.pvalue.AsSingleton(results[PROFILE]),
+            training_profile=training_profile,
+            no_profile_reason=no_profile_reason,
             **writes,
         )
     )
@@ -373,20 +424,36 @@ def finalize(
     output: str,
     header: dict,
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
+    tokens: dict | None = None,
+    training_profile: dict | None = None,
+    no_profile_reason: str | None = None,
     **written,
 ) -> None:
     """The job's last step: check the counts against the written Parquet footers and the rows
     the model call failed on against `max_dead_letter_fraction`, write stats.json and move the
     staging directory onto `output` with _SUCCESS last. Raises (and writes no _SUCCESS) when
     the counts disagree or too many model calls failed. `read`, `scored` and `dead` are
-    `ScoreParquet`'s table summaries, `written` its writes' results (they only order this step
-    after the writes)."""
+    `ScoreParquet`'s table summaries, `tokens` its summed input profile ({} or None: the model
+    has no profile outputs), `written` its writes' results (they only order this step after
+    the writes). stats.json gets `profile` (the scored rows') and `drift` (that profile against
+    `training_profile`; unavailable, with `no_profile_reason`, without one); each drift warning
+    is logged here, where a Dataflow job's log shows it."""
     stats = score_stats(header, read, scored, dead)
+    stats["profile"] = scoring_profile(
+        tokens, stats["rows_scored"], stats["label_counts"], bool(header.get("multi_label"))
+    )
+    if training_profile is None:
+        reason = no_profile_reason or "no training profile was given"
+        stats["drift"] = {"available": False, "reason": reason}
+    else:
+        stats["drift"] = compare(training_profile, stats["profile"])
     _check_counts(staging, stats)
     _check_model_call_failures(stats, max_dead_letter_fraction)
     _order_shards(staging)
     outputs.write_json(FileSystems.join(staging, STATS_FILE), stats)
     outputs.finalize(staging, output, SCORE_STAGE)
+    for warning in stats["drift"].get("warnings", []):
+        _LOG.warning("drift: %s", warning)
 
 
 def score(
@@ -400,15 +467,20 @@ def score(
     threshold: float | None = None,
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
     beam_args: Sequence[str] | PipelineOptions | None = None,
+    model_version: int | None = None,
 ) -> dict:
     """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
+
+    `model_dir` may be a model registry root (pipeline/registry.py): its champion scores, or
+    version `model_version` when given; stats.json names the version (`registry_version`).
 
     `threshold` None means the model's own multi-label threshold (model_card.json). The job
     fails in its last step, publishing nothing, when more than `max_dead_letter_fraction` of
     the rows read were dead-lettered because the model call failed on them. When the
     runner returns before the job ends (a template launch), returns {"submitted": True, ...}:
     the job finalizes the output itself. Raises ScoreInputError (before any Beam work) for a bad
-    model directory, inputs or columns.
+    model directory, inputs or columns. Drift never fails this call: stats' `drift` says whether
+    it was found, and `main` turns that into EXIT_DRIFT under --fail_on_drift.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -426,9 +498,16 @@ def score(
     model_dir = model_dir.rstrip("/")
     try:
         outputs.check_replaceable(output, SCORE_STAGE)
-    except outputs.OutputNotReplaceable as err:
+        registry_root = model_dir
+        model_dir, registry_version = resolve_model_dir(model_dir, model_version)
+    except (outputs.OutputNotReplaceable, RegistryError) as err:
         raise ScoreInputError(str(err)) from None
+    if registry_version is None:
+        registry_root = None
+    else:
+        _LOG.info("score: registry %s, version %d: %s", registry_root, registry_version, model_dir)
     model = _load_model_info(model_dir)
+    training_profile, no_profile_reason = _training_profile(model_dir)
     files = _match_inputs(inputs)
     with ThreadPoolExecutor(8) as pool:
         schemas = list(pool.map(_read_schema, files))
@@ -437,6 +516,8 @@ def score(
     header = {
         "model_dir": model_dir,
         "model_version": model.model_version,
+        "registry": registry_root,
+        "registry_version": registry_version,
         "multi_label": model.multi_label,
         "threshold": model.decision_threshold(threshold),
         "inputs": list(inputs),
@@ -464,7 +545,15 @@ def score(
             batch_size=batch_size,
             threshold=threshold,
         )
-        build_pipeline(p, stage, output, header, max_dead_letter_fraction)
+        build_pipeline(
+            p,
+            stage,
+            output,
+            header,
+            max_dead_letter_fraction,
+            training_profile=training_profile,
+            no_profile_reason=no_profile_reason,
+        )
         run_and_log_counters(p, _LOG, (METRICS_NAMESPACE,))
     except BaseException:
         outputs.discard(staging)
@@ -500,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threshold=args.threshold,
             max_dead_letter_fraction=args.max_dead_letter_fraction,
             beam_args=beam_options,
+            model_version=args.model_version,
         )
     except ScoreInputError as err:
         print(f"textclf score: {err}", file=sys.stderr)
@@ -511,7 +601,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"scored {stats['rows_scored']} rows, dead-lettered {stats['rows_dead_lettered']} "
         f"(of {stats['rows_read']} read) into {args.output}"
     )
+    drift = stats.get("drift") or {}
+    if args.fail_on_drift and drift.get("drifted"):
+        print(f"textclf score: drift: {drift_summary(drift)}", file=sys.stderr)
+        return EXIT_DRIFT
     return 0
+
+
+def drift_summary(drift: dict) -> str:
+    """One line: the measures that drifted, with their values and limits (stats.json 'drift')."""
+    drifted = [
+        f"{name} {m['measure']} {m['value']:g} (drift at {m['drift_at']:g})"
+        for name, m in sorted(drift.get("measures", {}).items())
+        if m.get("status") == DRIFT
+    ]
+    return "; ".join(drifted) + "; the output is complete, its stats.json 'drift' has the figures"
 
 
 if __name__ == "__main__":

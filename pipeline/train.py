@@ -47,6 +47,7 @@ from transforms.contracts import (
     STATS_FILE,
     TRAIN,
     TRAIN_STAGE,
+    TRAINING_PROFILE_FILE,
 )
 from transforms.model import ACTIVATIONS, LOSSES, Head, ModelSettings, RefusedPairing, choose_head
 
@@ -529,11 +530,17 @@ def _finalize(
     metrics: dict,
     history: dict,
 ) -> None:
-    """model_card.json and the PNGs, then the staging dir moved onto `model_dir`, `_SUCCESS`
-    last."""
+    """model_card.json, training_profile.json (what the score stage measures drift against:
+    transforms/drift.py, from the preprocess stats) and the PNGs, then the staging dir moved onto
+    `model_dir`, `_SUCCESS` last."""
     from pipeline import export
+    from transforms.drift import training_profile
 
     outputs.write_json(os.path.join(staging, MODEL_CARD_FILE), card)
+    outputs.write_json(
+        os.path.join(staging, TRAINING_PROFILE_FILE),
+        training_profile(data.stats, data.multi_label),
+    )
     export.write_reports(history, metrics, data.label_vocabulary, head, staging)
     outputs.finalize(staging, model_dir, TRAIN_STAGE)
 

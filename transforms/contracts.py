@@ -44,6 +44,8 @@ SCORED_PART_PREFIX = "part"  # score: <output>/part-SSSSS-of-NNNNN.parquet
 PARQUET_SUFFIX = ".parquet"
 
 SAVED_MODEL_DIR = "saved_model"
+SAVED_MODEL_PB = "saved_model.pb"  # a SavedModel directory holds this (and variables/)
+TRAINING_PROFILE_FILE = "training_profile.json"  # train: token lengths, OOV rate, label mix
 LABELS_TXT = "labels.txt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -60,6 +62,10 @@ SERVING_INPUT = "text"
 OUT_PROBABILITIES = "probabilities"
 OUT_LABEL = "label"  # single-label: string[None]
 OUT_LABELS = "labels"  # multi-label: string[None, K], "" where a class is below threshold
+# Input profile outputs (drift checks): int64[None] each, per row of the input text.
+OUT_NUM_TOKENS = "num_tokens"  # tokens in the text (before truncation)
+OUT_WINDOW_TOKENS = "window_tokens"  # tokens the model saw (the first sequence_length)
+OUT_OOV_TOKENS = "oov_tokens"  # of those, tokens outside the vocabulary
 
 # Scoring output columns.
 PREDICTED_LABEL_COLUMN = "predicted_label"
@@ -86,11 +92,21 @@ MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.html"
 RUN_LOCK_FILE = ".run.lock"  # flock()ed by the run that holds <root>/<run_date>; never removed
 
+# Model registry (pipeline/registry.py): <root>/<N>/ is version N in the layout TF Serving
+# loads (saved_model.pb, variables/, assets/ directly inside, textclf's metadata files beside
+# them); <root>/CHAMPION names the version in use; versions are never overwritten.
+CHAMPION_FILE = "CHAMPION"
+REGISTRY_RECORD_FILE = "registry.json"  # in <root>/<N>/: where the version came from, its gate
+REGISTRY_LOCK_FILE = ".registry.lock"  # flock()ed while a version is published or promoted
+PROMOTION_FILE = "promotion.json"  # in a run directory: the gate's decision for its model
+
 # Beam metrics namespace of the preprocess stage (counters logged at the end of a run).
 PREPROCESS_METRICS = "textclf.preprocess"
 
 # Exit code for bad input detected before any pipeline work.
 EXIT_BAD_INPUT = 2
+# Exit code of `textclf score --fail_on_drift` when drift was found (the output is complete).
+EXIT_DRIFT = 3
 
 # Score: the dead-letter reason of a row the model call failed on (isolated by bisecting the
 # failing batch). The full reason is "model call failed (model_version V): ErrorType: <the error

@@ -2,7 +2,8 @@
 
 `ScoreParquet(ScoreSettings)` reads the input patterns as Arrow tables (only the needed columns),
 scores them with `scoring.ScoreRecordBatches`, writes the scored rows and the dead letters as
-Parquet part files under `output_dir`, and summarizes the tables read, scored and dead-lettered.
+Parquet part files under `output_dir`, and summarizes the tables read, scored and dead-lettered
+and the scored rows' input profile (token lengths, OOV tokens: the drift check's figures).
 It returns those write results and summaries: the side inputs of the job's last step, which
 checks the counts against the files, numbers the shards, writes stats.json and publishes the
 directory; that step (`pipeline/score.py`) is policy and lives there.
@@ -25,16 +26,19 @@ from transforms.contracts import (
 )
 from transforms.scoring import (
     DEFAULT_BATCH_SIZE,
+    PROFILE_TAG,
     ScoreRecordBatches,
     ScoringModel,
     SummarizeTables,
     dead_letter_schema,
     scored_schema,
 )
+from transforms.tfrecords import merge_stats
 
 # Keys of what `ScoreParquet` returns: three table summaries ({"rows", "counts"}, one element
-# each) and the file names of each write (WRITTEN_PREFIX + a number).
-READ, SCORED, DEAD_LETTERED = "read", "scored", "dead_lettered"
+# each), the summed input profile (PROFILE, one element: {} for a model without the profile
+# outputs) and the file names of each write (WRITTEN_PREFIX + a number).
+READ, SCORED, DEAD_LETTERED, PROFILE = "read", "scored", "dead_lettered", PROFILE_TAG
 WRITTEN_PREFIX = "written_"
 
 
@@ -60,7 +64,9 @@ class ScoreParquet(beam.PTransform):
     """PBegin -> {name: PCollection}: the score stage up to, not including, its last step.
 
     Returns `read`, `scored`, `dead_lettered` (one `SummarizeTables` summary each: rows, and
-    the predicted labels or dead-letter reasons counted) and `written_0` (scored part files),
+    the predicted labels or dead-letter reasons counted), `profile` (the scored rows' input
+    profiles summed: {"rows", "length_counts", "window_tokens", "oov_tokens"}, or {}) and
+    `written_0` (scored part files),
     `written_1` (dead-letter part files), named `<prefix>-SSSSS-of-NNNNN.parquet` by Beam's sink.
     """
 
@@ -95,6 +101,7 @@ class ScoreParquet(beam.PTransform):
             | "CountScored" >> beam.CombineGlobally(SummarizeTables(s.model.prediction_column())),
             DEAD_LETTERED: dead
             | "CountDeadLetter" >> beam.CombineGlobally(SummarizeTables(REASON_COLUMN)),
+            PROFILE: results[PROFILE_TAG] | "SumProfile" >> beam.CombineGlobally(merge_stats),
         }
 
     def _write(self, prefix: str, schema: pa.Schema) -> beam.PTransform:

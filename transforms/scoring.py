@@ -6,7 +6,9 @@ raw-text `serving_default` signature, see docs/DESIGN.md Stage 2) to a PCollecti
 signature once per `batch_size` slice, and appending the prediction columns with numpy/pyarrow
 vectorised code (no Python loop over rows). A slice whose call raises is bisected until the rows
 that fail on their own are found; only those are dead-lettered (`model_call_failure_reason`), the
-rest are scored. The model is loaded once per worker process through
+rest are scored. The same calls give each scored row's token counts (for a model that returns
+them), summed per input table into an input profile for the drift check (transforms/drift.py).
+The model is loaded once per worker process through
 `apache_beam.utils.shared.Shared`. It does not parse flags, match files, read or write Parquet, or
 decide where outputs go: `pipeline/score.py` does that.
 """
@@ -36,7 +38,10 @@ from transforms.contracts import (
     MODEL_CARD_FILE,
     MODEL_VERSION_COLUMN,
     OUT_LABELS,
+    OUT_NUM_TOKENS,
+    OUT_OOV_TOKENS,
     OUT_PROBABILITIES,
+    OUT_WINDOW_TOKENS,
     PREDICTED_LABEL_COLUMN,
     PREDICTED_LABELS_COLUMN,
     PROBABILITIES_COLUMN,
@@ -46,10 +51,12 @@ from transforms.contracts import (
     REASON_TEXT_NOT_STRING,
     REASON_TEXT_NULL,
     SAVED_MODEL_DIR,
+    SAVED_MODEL_PB,
     SCORE_COLUMN,
     SERVING_INPUT,
     SERVING_SIGNATURE,
 )
+from transforms.drift import length_histogram
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,6 +67,11 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label model whose card names no threshold
 # them (pipeline/score.py's --max_dead_letter_fraction, checked when the job finalizes).
 DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.01
 MAX_ERROR_MESSAGE_CHARS = 200  # of the error message's first line, in a dead-letter reason
+# The tagged output of `ScoreTablesFn`'s input profile: one dict per input table, summed by
+# `tfrecords.merge_stats` ({"rows", "length_counts" (transforms/drift.py bins), "window_tokens",
+# "oov_tokens"}), for a model whose signature returns the profile outputs.
+PROFILE_TAG = "profile"
+PROFILE_OUTPUTS = (OUT_NUM_TOKENS, OUT_WINDOW_TOKENS, OUT_OOV_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -139,12 +151,19 @@ def dead_letter_schema(passthrough: pa.Schema) -> pa.Schema:
     return pa.schema([*passthrough, pa.field(REASON_COLUMN, pa.string(), nullable=False)])
 
 
+def saved_model_path(model_dir: str) -> str:
+    """The SavedModel of a model directory: `model_dir` itself when it holds saved_model.pb (a
+    registry version, TF Serving's layout), else its saved_model/ (what `textclf train` writes)."""
+    model_dir = model_dir.rstrip("/")
+    if FileSystems.exists(FileSystems.join(model_dir, SAVED_MODEL_PB)):
+        return model_dir
+    return FileSystems.join(model_dir, SAVED_MODEL_DIR)
+
+
 def _load_signature(model_dir: str):
     import tensorflow as tf  # imported here so building a pipeline does not pay for TensorFlow
 
-    return tf.saved_model.load(FileSystems.join(model_dir, SAVED_MODEL_DIR)).signatures[
-        SERVING_SIGNATURE
-    ]
+    return tf.saved_model.load(saved_model_path(model_dir)).signatures[SERVING_SIGNATURE]
 
 
 class LoadedModel:
@@ -157,11 +176,18 @@ class LoadedModel:
         import tensorflow as tf
 
         self._tf = tf
-        self._loaded = tf.saved_model.load(FileSystems.join(model_dir, SAVED_MODEL_DIR))
+        self._loaded = tf.saved_model.load(saved_model_path(model_dir))
         self.signature = self._loaded.signatures[SERVING_SIGNATURE]
+        # Models exported before the profile outputs existed (or by other tools) lack them.
+        self.profiles = set(PROFILE_OUTPUTS) <= set(self.signature.structured_outputs)
 
     def probabilities(self, texts: pa.Array) -> np.ndarray:
-        """One signature call over a plain `string` array with no nulls: float32[len(texts), K].
+        """float32[len(texts), K]: `outputs(texts)`'s probabilities."""
+        return self.outputs(texts)[OUT_PROBABILITIES]
+
+    def outputs(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """One signature call over a plain `string` array with no nulls: the probabilities
+        float32[len(texts), K] and, when `profiles`, the PROFILE_OUTPUTS int64[len(texts)].
 
         The strings reach TensorFlow as one blob plus offsets, cut apart by `tf.strings.substr`,
         so no Python object is made per row.
@@ -173,7 +199,27 @@ class LoadedModel:
         first = int(offsets[0])
         blob = tf.constant(memoryview(texts.buffers()[2])[first : int(offsets[-1])].tobytes())
         batch = tf.strings.substr(blob, offsets[:-1] - first, np.diff(offsets))
-        return self.signature(**{SERVING_INPUT: batch})[OUT_PROBABILITIES].numpy()
+        result = self.signature(**{SERVING_INPUT: batch})
+        names = (OUT_PROBABILITIES, *PROFILE_OUTPUTS) if self.profiles else (OUT_PROBABILITIES,)
+        return {name: result[name].numpy() for name in names}
+
+
+def input_profile(chunks: Sequence[dict[str, np.ndarray]]) -> dict | None:
+    """The profile figures of scored rows from `LoadedModel.outputs` results (None when they
+    hold no profile outputs): rows, rows per token-length bin, window and OOV token sums."""
+    if not chunks or OUT_NUM_TOKENS not in chunks[0]:
+        return None
+
+    def column(name):
+        return np.concatenate([c[name] for c in chunks]) if len(chunks) > 1 else chunks[0][name]
+
+    num_tokens = column(OUT_NUM_TOKENS)
+    return {
+        "rows": len(num_tokens),
+        "length_counts": length_histogram(num_tokens),
+        "window_tokens": int(column(OUT_WINDOW_TOKENS).sum()),
+        "oov_tokens": int(column(OUT_OOV_TOKENS).sum()),
+    }
 
 
 def _as_plain_strings(text) -> pa.Array:
@@ -276,6 +322,9 @@ class ScoreTablesFn(beam.DoFn):
     all fail, about 2 log2(batch_size) per isolated row otherwise). Those rows are dead-lettered
     with `model_call_failure_reason`; the others are scored in their order, as if nothing failed.
     Counters `rows_failed_model_call` and `model_calls_failed` (calls that raised) count them.
+
+    When the signature returns the profile outputs, each input table's scored rows also give one
+    `input_profile` dict on the PROFILE_TAG output (from the same calls: no extra pass).
     """
 
     def __init__(
@@ -333,7 +382,7 @@ class ScoreTablesFn(beam.DoFn):
         for start in range(0, len(text), self._batch_size):
             batch = text.slice(start, self._batch_size)
             try:
-                chunks.append(self._loaded.probabilities(batch))
+                chunks.append(self._loaded.outputs(batch))
             except Exception as err:  # noqa: BLE001 - any failure of the call: isolate its rows
                 _LOG.warning(
                     "model call failed on %d rows; bisecting to find the failing rows: %s",
@@ -352,7 +401,11 @@ class ScoreTablesFn(beam.DoFn):
             passthrough = passthrough.filter(pa.array(ok))
             if passthrough.num_rows == 0:
                 return
-        probabilities = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        probs = [c[OUT_PROBABILITIES] for c in chunks]
+        probabilities = np.concatenate(probs) if len(probs) > 1 else probs[0]
+        profile = input_profile(chunks)
+        if profile is not None:
+            yield beam.pvalue.TaggedOutput(PROFILE_TAG, profile)
         columns = [
             *passthrough.columns,
             *prediction_arrays(probabilities, self._model, self._threshold),
@@ -363,8 +416,8 @@ class ScoreTablesFn(beam.DoFn):
     def _bisect(self, texts: pa.Array, start: int, error: Exception, failed: list) -> list:
         """`texts` (rows `start`... of the usable text) failed one model call with `error`:
         call each half in turn, splitting again whichever fails, down to single rows. Returns
-        the probabilities of the rows that scored, in row order (one array per successful
-        call); appends (row, reason) to `failed` for each row that fails on its own."""
+        the outputs of the rows that scored, in row order (one `LoadedModel.outputs` dict per
+        successful call); appends (row, reason) to `failed` for each row that fails on its own."""
         self._calls_failed.inc()
         if len(texts) == 1:
             failed.append((start, model_call_failure_reason(error, self._model.model_version)))
@@ -374,7 +427,7 @@ class ScoreTablesFn(beam.DoFn):
         for offset, length in ((0, half), (half, len(texts) - half)):
             part = texts.slice(offset, length)
             try:
-                chunks.append(self._loaded.probabilities(part))
+                chunks.append(self._loaded.outputs(part))
             except Exception as err:  # noqa: BLE001
                 chunks.extend(self._bisect(part, start + offset, err, failed))
         return chunks
@@ -387,7 +440,9 @@ class ScoreTablesFn(beam.DoFn):
 
 
 class ScoreRecordBatches(beam.PTransform):
-    """PCollection[pa.Table] -> {'scored': PCollection[pa.Table], 'dead_letter': ...}.
+    """PCollection[pa.Table] -> {'scored': PCollection[pa.Table], 'dead_letter': ...,
+    'profile': PCollection[dict]} (`ScoreTablesFn`'s per-table input profiles; empty for a
+    model without the profile outputs).
 
     Input tables hold `text_column` and every column of `passthrough`; scored tables have the
     schema `scored_schema(passthrough, model)`, dead-letter tables `dead_letter_schema(passthrough)`.
@@ -410,8 +465,12 @@ class ScoreRecordBatches(beam.PTransform):
     def expand(self, tables):
         results = tables | "ScoreTables" >> beam.ParDo(self._fn).with_output_types(
             pa.Table
-        ).with_outputs(DEAD_LETTER_TAG, main="scored")
-        return {"scored": results.scored, DEAD_LETTER_TAG: results[DEAD_LETTER_TAG]}
+        ).with_outputs(DEAD_LETTER_TAG, PROFILE_TAG, main="scored")
+        return {
+            "scored": results.scored,
+            DEAD_LETTER_TAG: results[DEAD_LETTER_TAG],
+            PROFILE_TAG: results[PROFILE_TAG],
+        }
 
 
 class SummarizeTables(beam.CombineFn):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from transforms.contracts import REASON_MODEL_CALL_FAILED, SPLITS
+from transforms.drift import LENGTH_BIN_EDGES, bin_length_histogram
 from transforms.tfrecords import length_quantiles
 
 
@@ -49,6 +50,11 @@ def preprocess_stats(
         and dead_letters_in_files == sum(dead.values()),
         "label_counts": counts.get("labels", {}),
         "token_length_quantiles": length_quantiles(histogram),
+        # Binned (transforms/drift.py), what train's training_profile.json compares against.
+        "token_length_histogram": {
+            "bin_edges": list(LENGTH_BIN_EDGES),
+            "counts": bin_length_histogram(histogram),
+        },
         "rows_truncated": sum(v for k, v in histogram.items() if k > sequence_length),
         "vocab_size": vocab_size,
         "oov_rate": oov / window if window else 0.0,

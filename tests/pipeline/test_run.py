@@ -372,8 +372,8 @@ def test_manifest_records_inputs_config_versions_rows_metrics_and_timings(tmp_pa
     assert not list((root / RUN_DATE).glob("*.tmp-*"))
 
 
-def _hold_run_lock(run_dir) -> subprocess.Popen:
-    """Another process that takes the run lock of `run_dir` and holds it until it is killed."""
+def _hold_run_lock(root) -> subprocess.Popen:
+    """Another process that takes the run lock of `root` and holds it until it is killed."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -383,7 +383,7 @@ def _hold_run_lock(run_dir) -> subprocess.Popen:
             "with RunLock(sys.argv[1]):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(600)\n",
-            str(run_dir),
+            str(root),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -393,30 +393,31 @@ def _hold_run_lock(run_dir) -> subprocess.Popen:
     return holder
 
 
-def test_a_second_run_of_the_same_date_is_refused_while_another_process_holds_the_lock(
+def test_a_second_run_on_the_same_root_is_refused_while_another_process_holds_the_lock(
     tmp_path, monkeypatch, capsys
 ):
     root, run_dir = tmp_path / "runs", tmp_path / "runs" / RUN_DATE
     argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
     fake = FakeStages()
     monkeypatch.setattr(run, "call_stage", fake)
-    holder = _hold_run_lock(run_dir)
+    holder = _hold_run_lock(root)  # another run on this root
     try:
-        assert run.main(argv) == 1
+        assert run.main(argv) == 1  # the same date
+        assert run.main([*argv[:-1], "2024-03-02"]) == 1  # or another date
         err = capsys.readouterr().err
-        assert f"another textclf run (pid {holder.pid}) is running in {run_dir}" in err
+        assert err.count(f"another textclf run (pid {holder.pid}) is running on {root}") == 2
         assert fake.calls == [] and not (run_dir / MANIFEST_FILE).exists()
     finally:
         holder.kill()  # SIGKILL: the holder cleans nothing up
         holder.wait()
     # The kernel released the dead holder's lock; the lock file stays and is taken again.
-    assert (run_dir / RUN_LOCK_FILE).exists()
+    assert (root / RUN_LOCK_FILE).exists()
     assert run.main(argv) == 0
     assert fake.calls == ["preprocess", "train", "score"]
 
 
 def test_the_lock_is_held_for_the_whole_run_and_released_after_it(tmp_path, monkeypatch):
-    root, run_dir = tmp_path / "runs", tmp_path / "runs" / RUN_DATE
+    root = tmp_path / "runs"
     argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
     contended = []
 
@@ -425,7 +426,7 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after_it(tmp_path, monk
         probe = subprocess.run(
             [sys.executable, "-c", "import fcntl, sys\nf = open(sys.argv[1], 'a')\n"
              "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-             "except BlockingIOError:\n    sys.exit(3)\n", str(run_dir / RUN_LOCK_FILE)],
+             "except BlockingIOError:\n    sys.exit(3)\n", str(root / RUN_LOCK_FILE)],
         )  # fmt: skip
         contended.append(probe.returncode == 3)
         return FakeStages()(stage, stage_argv)
@@ -433,7 +434,7 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after_it(tmp_path, monk
     monkeypatch.setattr(run, "call_stage", stage_that_tries_the_lock)
     assert run.main(argv) == 0
     assert contended == [True, True, True]
-    with RunLock(str(run_dir)):  # free again once the run is over
+    with RunLock(str(root)):  # free again once the run is over
         pass
 
 
@@ -498,7 +499,7 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     assert manifest["status"] == "failed"
     assert manifest["stages"]["preprocess"]["status"] == "failed"
     assert "interrupted" in manifest["stages"]["preprocess"]["reason"]
-    with RunLock(str(run_dir)):  # the killed run's lock went with its process
+    with RunLock(str(root)):  # the killed run's lock went with its process
         pass
 
 

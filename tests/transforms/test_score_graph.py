@@ -24,6 +24,7 @@ from transforms.contracts import (
 )
 from transforms.score_graph import (
     DEAD_LETTERED,
+    PROFILE,
     READ,
     SCORED,
     WRITTEN_PREFIX,
@@ -77,8 +78,10 @@ def test_score_parquet_scores_every_usable_row_once_and_summarizes_what_it_wrote
     with TestPipeline(runner=FnApiRunner()) as p:
         results = p | ScoreParquet(settings)
         assert sorted(results) == sorted(
-            [READ, SCORED, DEAD_LETTERED, f"{WRITTEN_PREFIX}0", f"{WRITTEN_PREFIX}1"]
+            [READ, SCORED, DEAD_LETTERED, PROFILE, f"{WRITTEN_PREFIX}0", f"{WRITTEN_PREFIX}1"]
         )
+        # The fixture model's signature has no profile outputs: nothing to sum.
+        assert_that(results[PROFILE], equal_to([{}]), label="CheckProfile")
         assert_that(results[READ], equal_to([{"rows": 12, "counts": {}}]), label="CheckRead")
         assert_that(
             results[SCORED] | beam.Map(lambda s: (s["rows"], sum(s["counts"].values()))),
