@@ -26,6 +26,11 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    extras_require={
+        "test": ["pytest==9.2.0", "ruff==0.17.6"],
+        # benchmarks/accuracy_20ng.py's TF-IDF + LinearSVC reference only; never imported by
+        # the package.
+        "bench": ["scikit-learn==1.9.1"],
+    },
     entry_points={"console_scripts": ["textclf=pipeline.cli:main"]},
 )

@@ -7,12 +7,15 @@ and, in one run, measures docs/s of
   (b) `textclf preprocess` as a whole stage on the DirectRunner: Parquet in, gzipped TFRecords,
       transform graph, stats out (the library call's wall time, in a fresh subprocess);
   (b2) the same with `--direct_running_mode=multi_processing --direct_num_workers=2`;
+  (bt) with `--features sequence,tfidf` only: (b) plus bag-of-n-grams TF-IDF features (the
+      stage's default n-gram settings: bigrams, 100k n-grams, min frequency 2), run alternately
+      with (a) and (b), so the TF-IDF cost is read side by side (bt/b seconds);
   (c) the textbook tf.Transform path: ReadFromParquet (one dict per row), instance dicts +
       DatasetMetadata, `tft.compute_and_apply_vocabulary`, per-row `ExampleProtoCoder`,
       WriteToTFRecord;
-then prints b/a and b/c, and (b) at 1x, 4x and 16x the corpus (`--scales`) with wall time, peak
-RSS and the log-log slope of time against size. (a) and (b) run `--repeat` times (default 3),
-alternately, and the best time of each is used: on a shared 2-core machine single runs of either
+then prints b/a, b/c (and bt/b), and (b) at 1x, 4x and 16x the corpus (`--scales`) with wall time, peak
+RSS and the log-log slope of time against size. (a) and (b) (and (bt)) run `--repeat` times
+(default 3), alternately, and the best time of each is used: on a shared 2-core machine single runs of either
 vary by 10-25%. Not a test: it asserts nothing; targets are
 printed beside the numbers. Every (b)/(c) run is a fresh subprocess, so peak RSS is its own.
 """
@@ -37,6 +40,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 SEQUENCE_LENGTH = 100
 MAX_TOKENS = 20_000
+TFIDF_FEATURES = "sequence,tfidf"
 
 
 def synthetic_corpus(path: str, docs: int, seed: int = 0) -> None:
@@ -210,6 +214,13 @@ def main() -> None:
         help="(a) and (b) are run this many times, alternately; the best time of each counts",
     )
     parser.add_argument("--skip_textbook", action="store_true")
+    parser.add_argument(
+        "--features",
+        default="sequence",
+        choices=("sequence", TFIDF_FEATURES),
+        help=f"{TFIDF_FEATURES}: also measure (bt), the stage with TF-IDF features, beside (b) "
+        "(default: sequence, (b) alone)",
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="textclf-prep-bench-")
@@ -235,16 +246,21 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    runs = {"a": [], "b": []}
-    for _ in range(max(1, args.repeat)):  # alternately, so a slow spell of the machine hits both
+    tfidf = args.features == TFIDF_FEATURES
+    runs = {"a": [], "b": [], **({"bt": []} if tfidf else {})}
+    for _ in range(max(1, args.repeat)):  # alternately, so a slow spell of the machine hits all
         runs["a"].append(in_subprocess("keras", base))
         runs["b"].append(in_subprocess("textclf", base, out("b")))
+        if tfidf:
+            runs["bt"].append(
+                in_subprocess("textclf", base, out("bt"), "--features", TFIDF_FEATURES)
+            )
     results = {key: min(found, key=lambda r: r["seconds"]) for key, found in runs.items()}
     print(
-        "(a) seconds: "
-        + ", ".join(f"{r['seconds']:.1f}" for r in runs["a"])
-        + "   (b) seconds: "
-        + ", ".join(f"{r['seconds']:.1f}" for r in runs["b"])
+        "   ".join(
+            f"({key}) seconds: " + ", ".join(f"{r['seconds']:.1f}" for r in found)
+            for key, found in runs.items()
+        )
         + f"   (best of {len(runs['a'])} each below)",
         flush=True,
     )
@@ -264,6 +280,7 @@ def main() -> None:
         "a": "Keras TextVectorization adapt+call, in memory",
         "b": "textclf preprocess, DirectRunner (in process)",
         "b2": "textclf preprocess, DirectRunner multi_processing x2",
+        "bt": "textclf preprocess --features sequence,tfidf (in process)",
         "c": "textbook tf.Transform (dicts, compute_and_apply_vocabulary)",
     }
     print(f"\n{'path':<62}{'docs':>10}{'seconds':>10}{'docs/s':>10}{'peak RSS MiB':>14}")
@@ -274,6 +291,11 @@ def main() -> None:
         )
     print(f"\nb/a = {rate['b'] / rate['a']:.2f}   (target >= 0.5, stretch >= 1.0)")
     print(f"b2/a = {rate['b2'] / rate['a']:.2f}")
+    if "bt" in results:
+        print(
+            f"bt/b seconds = {results['bt']['seconds'] / results['b']['seconds']:.2f}   "
+            "(the cost of the TF-IDF features: n-grams, their vocabulary, tft.tfidf)"
+        )
     if "c" in rate:
         print(f"b/c = {rate['b'] / rate['c']:.2f}   (target >= 5)")
 

@@ -24,6 +24,8 @@ from pipeline import outputs
 from transforms.contracts import (
     CONFIG_FILE,
     DEAD_LETTER_PREFIX,
+    FEATURE_SEQUENCE,
+    FEATURE_TFIDF,
     HISTORY_FILE,
     LABELS_TXT,
     METRICS_FILE,
@@ -129,11 +131,16 @@ class PreprocessOutput(StageOutput):
     to_finish = "run `textclf preprocess --output_dir` there (again) first"
 
     def check_complete(self) -> PreprocessOutput:
-        """Finished, with a config holding REQUIRED_CONFIG_KEYS and stats.json's rows per
-        split."""
+        """Finished, with a config holding REQUIRED_CONFIG_KEYS (and tfidf_dim when it lists
+        the tfidf features) and stats.json's rows per split."""
         self.check_finished()
         self.config  # noqa: B018 - read for its checks
         self.stats  # noqa: B018
+        if FEATURE_TFIDF in self.features and self.tfidf_dim is None:
+            raise IncompleteOutput(
+                f"{self.path(CONFIG_FILE)} lists the tfidf features but no tfidf_dim; "
+                f"re-run `textclf {self.stage}`"
+            )
         return self
 
     @functools.cached_property
@@ -184,6 +191,25 @@ class PreprocessOutput(StageOutput):
     def label_vocabulary(self) -> list[str]:
         """The class names in label-id order."""
         return [str(name) for name in self.config["label_vocabulary"]]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The feature sets in the TFRecords (`--features`): ("sequence",) or ("sequence",
+        "tfidf"); an output written before the flag existed holds the sequence alone."""
+        return tuple(self.config.get("features", (FEATURE_SEQUENCE,)))
+
+    @property
+    def tfidf_dim(self) -> int | None:
+        """With tfidf: the ids of `tfidf_ids` are in [0, tfidf_dim) (the n-gram vocabulary, then
+        one OOV id at tfidf_dim - 1), a fixed size whatever the vocabulary's; else None."""
+        dim = self.config.get("tfidf_dim") if FEATURE_TFIDF in self.features else None
+        return None if dim is None else int(dim)
+
+    @property
+    def ngram_max(self) -> int | None:
+        """With tfidf: the longest n-gram in the TF-IDF features, in tokens; else None."""
+        n = self.config.get("ngram_max") if FEATURE_TFIDF in self.features else None
+        return None if n is None else int(n)
 
 
 class ModelOutput(StageOutput):

@@ -1,4 +1,5 @@
-"""The `textclf` command: one subcommand per stage, plus datasets, describe, run and demo.
+"""The `textclf` command: one subcommand per stage, plus datasets, describe, promote, evaluate,
+run and demo.
 
 Each stage module exposes `build_parser()` (its own flags: the CLI, `textclf run`, the Flex
 Template check and the tests read them there), `parse(argv)` and `main(argv) -> int`; a Beam
@@ -31,6 +32,7 @@ SUBCOMMANDS = {
     "describe": ("pipeline.describe", "print the model's layers, shapes, head and loss"),
     "score": ("pipeline.score", "Beam: Parquet + SavedModel -> scored Parquet"),
     "promote": ("pipeline.promote", "gate a trained model against the registry's champion"),
+    "evaluate": ("pipeline.evaluate", "a model's accuracy and macro-F1 on labelled files"),
     "run": ("pipeline.run", "preprocess -> train -> score under one run directory"),
     "demo": ("pipeline.demo", "the whole chain on the embedded 20 Newsgroups data"),
 }

@@ -35,7 +35,8 @@ DEMO_ROOT_ENTRIES = (
 
 
 def toml_dumps(config: dict) -> str:
-    """A TOML document for tables of scalars and lists of scalars (all the run config holds)."""
+    """A TOML document for tables (and sub-tables) of scalars and lists of scalars: all the run
+    config holds (hand-written so the package needs no TOML writer; tomllib only reads)."""
 
     def value(v) -> str:
         if isinstance(v, bool):
@@ -49,10 +50,17 @@ def toml_dumps(config: dict) -> str:
         raise TypeError(f"cannot write {type(v).__name__} {v!r} to the config")
 
     lines = []
-    for section, table in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {value(v)}" for key, v in table.items()]
+
+    def table(name: str, values: dict) -> None:
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict))
         lines.append("")
+        for k, v in values.items():
+            if isinstance(v, dict):  # a sub-table, e.g. [train.tfidf_linear]
+                table(f"{name}.{k}", v)
+
+    for section, values in config.items():
+        table(section, values)
     return "\n".join(lines)
 
 
@@ -107,10 +115,32 @@ def summary(manifest: dict, run_dir: str, seconds: float) -> str:
             f"{scored.get('rows_dead_lettered')} dead-lettered",
             f"  TEST ACCURACY {pct(test_metrics.get('accuracy'))} "
             f"(macro-F1 {pct(test_metrics.get('macro_f1'))}) on {test_metrics.get('rows')} rows",
+            *_compared(manifest),
             f"  report:   {os.path.join(run_dir, REPORT_FILE)}",
             f"  manifest: {os.path.join(run_dir, MANIFEST_FILE)}",
         ]
     )
+
+
+def _compared(manifest: dict) -> list[str]:
+    """One line per architecture the run trained: eval and test accuracy side by side."""
+    models = manifest.get("models") or {}
+    if len(models) < 2:
+        return []
+
+    def pct(v):
+        return f"{100 * v:.1f}%" if isinstance(v, int | float) else "n/a"
+
+    lines = ["  models compared (eval split / test split accuracy):"]
+    for name, entry in models.items():
+        scored = (
+            " <- scored" if entry.get("dir") == (manifest.get("model") or {}).get("dir") else ""
+        )
+        lines.append(
+            f"    {name:<14} {pct((entry.get('eval') or {}).get('accuracy'))} / "
+            f"{pct((entry.get('scored_rows') or {}).get('accuracy'))}{scored}"
+        )
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

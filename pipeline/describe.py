@@ -1,11 +1,11 @@
 """`textclf describe`: print the model's layers, output shapes, head and loss, and why.
 
-With `--model_dir` it describes a trained model from its model_card.json (sizes, head and the
-preprocess config it was trained on); with `--data_dir` it describes the model that `textclf
-train` would build on that preprocess output with the given size and head flags, without
-training anything. Both directories are read through pipeline/artifacts.py; the sizes and head
-are train's own (`model_settings`, `head_for`). The explanations themselves live in
-transforms/model.py.
+With `--model_dir` it describes a trained model from its model_card.json (architecture, sizes,
+head and the preprocess config it was trained on); with `--data_dir` it describes the model that
+`textclf train` would build on that preprocess output with the given architecture, size and head
+flags, without training anything. Both directories are read through pipeline/artifacts.py; the
+model, its sizes and head are train's own (`build_model_for`, `model_settings`, `head_for`,
+`check_architecture`). The explanations themselves live in transforms/model.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ import sys
 
 from pipeline.artifacts import IncompleteOutput, ModelOutput, PreprocessOutput
 from pipeline.options import parse_own_flags
-from pipeline.train import BadInput, add_model_arguments, head_for, model_settings
+from pipeline.train import (
+    BadInput,
+    add_model_arguments,
+    build_model_for,
+    check_architecture,
+    head_for,
+    model_settings,
+)
 from transforms.contracts import EXIT_BAD_INPUT
 from transforms.model import Head, ModelSettings
 
@@ -56,7 +63,9 @@ def _from_data_dir(data_dir: str, settings: dict) -> tuple[dict, ModelSettings, 
         config = data.config
     except IncompleteOutput as err:
         raise BadInput(str(err)) from None
-    return config, model_settings(opts), head_for(data.multi_label, opts)
+    settings_ = model_settings(opts)
+    check_architecture(data, settings_)
+    return config, settings_, head_for(data.multi_label, opts)
 
 
 def describe(model_dir: str | None = None, data_dir: str | None = None, **settings) -> str:
@@ -66,16 +75,9 @@ def describe(model_dir: str | None = None, data_dir: str | None = None, **settin
     else:
         config, model_settings_, head = _from_data_dir(data_dir, settings)
 
-    from transforms.model import build_model, describe_model
+    from transforms.model import describe_model
 
-    model = build_model(
-        int(config["sequence_length"]),
-        int(config["id_vocabulary_size"]),
-        int(config["num_classes"]),
-        model_settings_,
-        head,
-    )
-    return describe_model(model, head)
+    return describe_model(build_model_for(config, model_settings_, head), head)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 The SavedModel carries the tf.Transform graph (`TFTransformOutput.transform_features_layer()`)
 and the Keras model behind one `serving_default(text: string[None])` endpoint, so serving cannot
-drift from the preprocessing the model was trained on; the endpoint also returns each row's token
-counts, which the score stage's drift check profiles. This module writes into a directory it is
+drift from the preprocessing the model was trained on: the seed reads the layer's token ids, the
+tfidf_linear family the TF-IDF matrix built from its ids and weights by the same function that
+builds it for training (`transforms.training_data.tfidf_matrix`). The endpoint also returns each
+row's token counts, which the score stage's drift check profiles. This module writes into a directory it is
 given (the training stage's staging dir); finalizing and `_SUCCESS` are the caller's job.
 """
 
@@ -29,10 +31,13 @@ from transforms.contracts import (
     SERVING_INPUT,
     SERVING_SIGNATURE,
     TEXT_KEY,
+    TFIDF_IDS_KEY,
+    TFIDF_WEIGHTS_KEY,
     TOKEN_IDS_KEY,
     TOKEN_VOCAB_NAME,
 )
 from transforms.model import Head, serving_outputs
+from transforms.training_data import tfidf_matrix
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -44,8 +49,13 @@ def export_saved_model(
     label_vocabulary: list[str],
     head: Head,
     path: str,
+    *,
+    tfidf_dim: int | None = None,
 ) -> None:
     """raw text -> tf.Transform graph -> model -> probabilities and class names, at `path`.
+
+    The model reads token_ids, or with `tfidf_dim` (the tfidf_linear family) the sparse TF-IDF
+    matrix float32[batch, tfidf_dim].
 
     Beside the predictions, each row's input profile (what the score stage's drift check sums):
     `num_tokens` (tokens in the text), `window_tokens` (the non-padding ids the model saw) and
@@ -60,7 +70,11 @@ def export_saved_model(
     def serve(text):
         features = transform_layer({TEXT_KEY: text})
         ids = features[TOKEN_IDS_KEY]
-        probabilities = model(ids, training=False)
+        if tfidf_dim:
+            inputs = tfidf_matrix(features[TFIDF_IDS_KEY], features[TFIDF_WEIGHTS_KEY], tfidf_dim)
+        else:
+            inputs = ids
+        probabilities = model(inputs, training=False)
         outputs = serving_outputs(probabilities, class_names, head)
         outputs[OUT_NUM_TOKENS] = tf.cast(features[NUM_TOKENS_KEY], tf.int64)
         outputs[OUT_WINDOW_TOKENS] = tf.reduce_sum(tf.cast(ids > 0, tf.int64), axis=1)

@@ -237,7 +237,11 @@ def _multi_hot(lists: pa.Array, names: pa.Array, width: int) -> np.ndarray:
 
 
 def label_metrics(
-    true_labels: pa.Array, predicted: pa.Array, model_labels: list[str], multi_label: bool
+    true_labels: pa.Array,
+    predicted: pa.Array,
+    model_labels: list[str],
+    multi_label: bool,
+    detail: bool = False,
 ) -> dict:
     """accuracy (multi-label: the exact-match ratio), macro_f1 and rows, by label name.
 
@@ -246,6 +250,8 @@ def label_metrics(
     the rows hold: macro_f1 averages their F1, so both models are averaged over the same
     classes; a predicted name outside them counts against the row it is predicted for.
     `unknown_label_rows` counts rows with a label `model_labels` lacks (wrong by construction).
+    With `detail`, also `per_class` (the rows' classes) and, single-label, `labels` and
+    `confusion_matrix` (rows: true class; columns: the same classes, then any other prediction).
     """
     true_labels, predicted = _plain(true_labels), _plain(predicted)
     from transforms.evaluation import multi_label_metrics, single_label_metrics
@@ -273,15 +279,23 @@ def label_metrics(
         )
         accuracy = figures["accuracy"]
     per_class = figures["per_class"]
-    return {
+    result = {
         "accuracy": float(accuracy),
         "macro_f1": float(np.mean([per_class[n]["f1"] for n in names])) if names else 0.0,
         "rows": len(true_labels),
         "unknown_label_rows": unknown_rows,
     }
+    if detail:
+        result["per_class"] = {n: per_class[n] for n in names}
+        if not multi_label:
+            result["labels"] = names
+            result["confusion_matrix"] = [row for row in figures["confusion_matrix"][: len(names)]]
+    return result
 
 
-def model_figures(model_dir: str, rows: EvalRows, batch_size: int = SCORING_BATCH_SIZE) -> dict:
+def model_figures(
+    model_dir: str, rows: EvalRows, batch_size: int = SCORING_BATCH_SIZE, detail: bool = False
+) -> dict:
     """Score `rows` with the model in `model_dir` (a train output or a registry version) in
     process, with the scorer's code, and return `label_metrics` of its predictions. GateError
     when the model's head (single/multi-label) differs from the rows'."""
@@ -304,7 +318,7 @@ def model_figures(model_dir: str, rows: EvalRows, batch_size: int = SCORING_BATC
     probabilities = np.concatenate(chunks) if chunks else np.zeros((0, len(model.label_names)))
     predicted = prediction_arrays(probabilities, model)[0]
     figures = label_metrics(
-        rows.table.column("labels"), predicted, list(model.label_names), rows.multi_label
+        rows.table.column("labels"), predicted, list(model.label_names), rows.multi_label, detail
     )
     _LOG.info(
         "%s (model_version %s) on %d rows: accuracy %.4f, macro_f1 %.4f",

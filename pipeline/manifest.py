@@ -105,7 +105,8 @@ def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict 
 
     Joins each scored row's `predicted_label` with its own `label_column` (score keeps input
     columns), so a held-out split scored by the run is also a test-set evaluation. None when the
-    scores carry no such column (unlabelled data, or a multi-label model).
+    scores carry no such column (unlabelled data, or a multi-label model), or when no row's
+    label is one of the model's classes.
     """
     import numpy as np
     import pyarrow.dataset as ds
@@ -134,6 +135,9 @@ def evaluate_scores(scores_dir: str, model_dir: str, label_column: str) -> dict 
         [index.get(v, -1) for v in table.column(PREDICTED_LABEL_COLUMN).to_pylist()]
     )
     known = truth >= 0
+    if not known.any():  # another label set (e.g. another corpus scored): nothing to compare
+        _LOG.info("no scored row's %s is a class of the model; no scored-row metrics", label_column)
+        return None
     metrics = evaluation.single_label_metrics(
         truth[known], np.eye(len(names))[predicted[known]], names
     )

@@ -2,8 +2,8 @@
 
 Reads CSV / JSON Lines / Parquet with `transforms.corpus_io`, validates rows (dead letters with
 reasons), runs tf.Transform (`transforms.text_preprocessing`) to build the vocabulary over the
-whole corpus and map text to fixed-length id sequences, splits train/eval by a stable hash, and
-writes the directory described in docs/DESIGN.md (stage 1) through a staging directory, with
+whole corpus and map text to fixed-length id sequences (and, with `--features sequence,tfidf`,
+to bag-of-n-grams TF-IDF ids and weights), splits train/eval by a stable hash, and writes the directory described in docs/DESIGN.md (stage 1) through a staging directory, with
 `_SUCCESS` last. This module owns the flags, the before-any-work checks and the job's last step
 (`finalize`: shard names, stats.json, the config, publishing); the graph before it is
 `transforms.preprocess_graph.PreprocessCorpus`, and the work itself lives in `transforms/`.
@@ -12,7 +12,6 @@ writes the directory described in docs/DESIGN.md (stage 1) through a staging dir
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import re
@@ -35,7 +34,10 @@ from transforms.contracts import (
     CONFIG_FILE,
     DEAD_LETTER_PREFIX,
     EXIT_BAD_INPUT,
+    FEATURE_SEQUENCE,
+    FEATURE_TFIDF,
     LABEL_VOCAB_NAME,
+    NGRAM_VOCAB_NAME,
     PREPROCESS_METRICS,
     PREPROCESS_STAGE,
     SPLITS,
@@ -71,6 +73,10 @@ class PreprocessOptions(argparse.Namespace):
     strip_punctuation: bool
     vocabulary_path: str
     batch_rows: int
+    features: str
+    ngram_max: int
+    tfidf_max_tokens: int
+    tfidf_min_frequency: int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,12 +181,59 @@ def build_parser() -> argparse.ArgumentParser:
         default=8192,
         help="rows per record batch handed to tf.Transform",
     )
+    parser.add_argument(
+        "--features",
+        default=FEATURE_SEQUENCE,
+        help=f"comma-separated feature sets to write: {FEATURE_SEQUENCE} (token_ids, num_tokens; "
+        f"required) and {FEATURE_TFIDF} (bag-of-n-grams TF-IDF ids and weights) "
+        f"(default: {FEATURE_SEQUENCE})",
+    )
+    parser.add_argument(
+        "--ngram_max",
+        type=int,
+        default=2,
+        help="tfidf: n-grams of 1 to this many tokens, over the whole text (default: 2)",
+    )
+    parser.add_argument(
+        "--tfidf_max_tokens",
+        type=int,
+        default=100000,
+        help="tfidf: keep this many n-grams, most frequent first; the rest share one OOV id "
+        "(default: 100000)",
+    )
+    parser.add_argument(
+        "--tfidf_min_frequency",
+        type=int,
+        default=2,
+        help="tfidf: drop n-grams seen fewer times than this in the corpus (default: 2)",
+    )
     return parser
 
 
 def parse(argv: Sequence[str]) -> tuple[PreprocessOptions, PipelineOptions]:
     """The stage's options and Beam's, from one pass over `argv` (see pipeline/options.py)."""
     return parse_beam_stage(build_parser(), argv, PreprocessOptions())
+
+
+def parse_features(value: str) -> tuple[str, ...]:
+    """`--features` -> the feature sets in their canonical order; CorpusError (exit 2) for an
+    unknown name or a list without `sequence` (the seed model and the drift profile read it)."""
+    from transforms.corpus_io import CorpusError
+    from transforms.text_preprocessing import FEATURES
+
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(FEATURES))
+    if unknown:
+        raise CorpusError(
+            f"--features: unknown feature set {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(FEATURES)}"
+        )
+    if FEATURE_SEQUENCE not in names:
+        raise CorpusError(
+            f"--features must include {FEATURE_SEQUENCE} (the model and the drift profile read "
+            f"token_ids); e.g. --features {FEATURE_SEQUENCE},{FEATURE_TFIDF}"
+        )
+    return tuple(name for name in FEATURES if name in names)
 
 
 def _settings(opts: PreprocessOptions):
@@ -195,6 +248,10 @@ def _settings(opts: PreprocessOptions):
         strip_punctuation=opts.strip_punctuation,
         multi_label=opts.multi_label,
         fast_vocabulary=opts.vocabulary_path == "fast",
+        features=parse_features(opts.features),
+        ngram_max=opts.ngram_max,
+        tfidf_max_tokens=opts.tfidf_max_tokens,
+        tfidf_min_frequency=opts.tfidf_min_frequency,
     )
 
 
@@ -230,6 +287,11 @@ def check_settings(opts: PreprocessOptions) -> None:
         raise CorpusError("--label_delimiter only makes sense with --multi_label")
     if opts.batch_rows < 1:
         raise CorpusError("--batch_rows must be at least 1")
+    parse_features(opts.features)
+    if opts.ngram_max < 1:
+        raise CorpusError("--ngram_max must be at least 1 (1: single tokens only)")
+    if opts.tfidf_max_tokens < 1 or opts.tfidf_min_frequency < 1:
+        raise CorpusError("--tfidf_max_tokens and --tfidf_min_frequency must be at least 1")
 
 
 def build_pipeline(p: beam.Pipeline, stage, finalize_args: dict) -> None:
@@ -256,10 +318,10 @@ def _side(side: dict, prefix: str) -> list:
     return [item for key, items in sorted(side.items()) if key.startswith(prefix) for item in items]
 
 
-def _vocabulary_size(transform_fn_dir: str) -> int:
+def _vocabulary_size(transform_fn_dir: str, name: str = TOKEN_VOCAB_NAME) -> int:
     import tensorflow as tf
 
-    with tf.io.gfile.GFile(f"{transform_fn_dir}/assets/{TOKEN_VOCAB_NAME}", "rb") as f:
+    with tf.io.gfile.GFile(f"{transform_fn_dir}/assets/{name}", "rb") as f:
         return sum(1 for line in f.read().split(b"\n") if line)
 
 
@@ -321,13 +383,15 @@ def finalize(
     )
     timings = preprocess_timings(rows_read, time.time() - started)
     config = dict(
-        dataclasses.asdict(settings),
+        settings.config(),
         **config,
         vocab_size=vocab_size,
         id_vocabulary_size=1 + vocab_size + settings.num_oov_buckets,
         num_classes=len(label_vocabulary),
         label_vocabulary=label_vocabulary,
     )
+    if settings.tfidf:
+        config["ngram_vocab_size"] = _vocabulary_size(transform_dir, NGRAM_VOCAB_NAME)
     if not sum(written_rows.values()):
         raise NoRowsToPreprocess(
             f"{NO_ROWS}: {rows_read} rows read, all dead-lettered ("

@@ -15,6 +15,7 @@ import base64
 import functools
 import html
 import io
+import os
 from collections.abc import Container
 
 from apache_beam.io.filesystems import FileSystems
@@ -197,9 +198,16 @@ def _metrics_section(manifest: dict) -> str:
 
 def _per_class_section(metrics: dict | None, scored: dict | None) -> str:
     per_class = (metrics or {}).get("per_class") or {}
+    test = (scored or {}).get("per_class") or {}
+    if not per_class and test:  # a score-only run: the scored rows alone
+        rows = [[n, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
+                for n, m in test.items()]  # fmt: skip
+        note = "the scored rows against their labels"
+        return f'<h2>Per class</h2><p class="muted">{_e(note)}</p>' + _table(
+            ["class", "precision", "recall", "F1", "support"], rows
+        )
     if not per_class:
         return ""
-    test = (scored or {}).get("per_class") or {}
     header = ["class", "precision", "recall", "F1", "support"]
     if test:
         header += ["scored precision", "scored recall", "scored F1", "scored support"]
@@ -348,6 +356,7 @@ def render(run_dir: str, manifest: dict) -> str:
         _stages_section(manifest),
         _accounting_section(manifest),
         _metrics_section(manifest),
+        _models_section(manifest),
         _promotion_section(manifest),
     ]
     images = [(model.path(name), caption) for name, caption in IMAGES] if model.finished else []
@@ -355,6 +364,7 @@ def render(run_dir: str, manifest: dict) -> str:
     if images:
         parts.append("<h2>Training</h2>" + "".join(_image(p, c) for p, c in images))
     parts.append(_per_class_section(metrics, manifest.get("scored_evaluation")))
+    parts.append(_scored_confusion(manifest.get("scored_evaluation")))
     parts.append(_drift_section(manifest.get("drift")))
     parts.append(
         "<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in versions.items()])
@@ -409,3 +419,54 @@ def _promotion_section(manifest: dict) -> str:
         parts.append(f"<p>Promotion gate: {_status(decision.get('status'))} "
                      f"{_e(decision.get('reason') or '')}</p>")  # fmt: skip
     return "".join(parts)
+
+
+def _models_section(manifest: dict) -> str:
+    """The architectures trained on this date's split, side by side: eval split and scored rows."""
+    models = manifest.get("models") or {}
+    if len(models) < 2:
+        return ""
+    scored_with = (manifest.get("model") or {}).get("dir")
+    rows = []
+    for name, entry in models.items():
+        eval_m, scored_m = entry.get("eval") or {}, entry.get("scored_rows") or {}
+        rows.append(
+            [
+                name,
+                "yes" if entry.get("dir") == scored_with else "",
+                eval_m.get("accuracy"),
+                eval_m.get("macro_f1"),
+                scored_m.get("accuracy"),
+                scored_m.get("macro_f1"),
+                scored_m.get("rows"),
+                entry.get("model_version"),
+            ]
+        )
+    header = ["architecture", "scored", "eval accuracy", "eval macro-F1", "scored-rows accuracy",
+              "scored-rows macro-F1", "scored rows", "model_version"]  # fmt: skip
+    note = (
+        "Every architecture the run trained, on the same eval split and (when the scored data "
+        "has labels) on the scored rows, evaluated with the same code (textclf evaluate); "
+        "'scored' marks the model that wrote the scores."
+    )
+    return f'<h2>Models compared</h2><p class="muted">{_e(note)}</p>' + _table(
+        header, rows, left=(0, 1, 7)
+    )
+
+
+def _scored_confusion(scored: dict | None) -> str:
+    """The scored rows' confusion matrix (single-label, labels passed through) as an inline
+    PNG, drawn like the eval split's (pipeline/export.py)."""
+    if not scored or not scored.get("confusion_matrix") or not scored.get("per_class"):
+        return ""
+    import tempfile
+
+    from pipeline.export import plot_confusion_matrix
+
+    names = list(scored["per_class"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "scored_confusion.png")
+        plot_confusion_matrix(scored["confusion_matrix"], names, path)
+        return "<h2>Scored rows</h2>" + _image(
+            path, f"confusion matrix of the scored rows vs their {scored.get('label_column')}"
+        )

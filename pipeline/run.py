@@ -50,6 +50,9 @@ from pipeline.manifest import (
 from pipeline.run_config import (
     ConfigError,
     RunConfig,
+    challenger_argvs,
+    challenger_dir,
+    evaluate_argv,
     load_config,
     promote_argv,
     stage_argvs,
@@ -78,6 +81,7 @@ _LOG = logging.getLogger("textclf.run")
 
 StageCall = Callable[[str, list[str]], tuple[int, str | None]]  # (exit code, reason)
 PROMOTE_COMMAND = "promote"  # the gate runs as `textclf promote`, through the same StageCall
+EVALUATE_COMMAND = "evaluate"  # each compared model on the scored rows: `textclf evaluate`
 MISSING_INPUTS = "missing_inputs"  # a date's manifest status when allow_missing skipped it
 MAX_BACKFILL_DAYS = 3660
 
@@ -256,6 +260,65 @@ def _drift(config: RunConfig, manifest: dict, scores_dir: str) -> tuple[int, str
     return 0, None
 
 
+def _train_challengers(
+    call: StageCall, config: RunConfig, run_dir: str, manifest: dict, force: bool
+) -> tuple[int, str | None]:
+    """Train each architecture after the first into model-<name>/ (skipped when finished and
+    newer than the data), for the comparison; a failure fails the run like a stage's."""
+    dirs = stage_dirs(run_dir)
+    for name, argv in challenger_argvs(config, run_dir).items():
+        model_dir = challenger_dir(run_dir, name)
+        entry = manifest["models"].setdefault(name, {})
+        entry.update(dir=model_dir, scored=False)
+        stale = is_stale(model_dir, dirs[PREPROCESS_STAGE])
+        if outputs.is_complete(model_dir) and not force and not stale:
+            entry["status"] = SKIPPED
+            _LOG.info("model %s: skipped, %s exists in %s", name, SUCCESS_FILE, model_dir)
+        else:
+            _LOG.info("model %s: training -> %s", name, model_dir)
+            code, failure = _run_stage(call, TRAIN_STAGE, argv, entry, manifest, run_dir)
+            if code:
+                return code, failure.replace("stage train", f"training {name}", 1)
+        recorded = finished_stage(TRAIN_STAGE, model_dir)
+        entry.update(model_version=recorded["model_version"], eval=recorded["metrics"])
+        write_manifest(run_dir, manifest)
+    return 0, None
+
+
+def _compare_on_scored_rows(
+    call: StageCall, config: RunConfig, run_dir: str, manifest: dict
+) -> None:
+    """Each trained architecture's figures on the scored rows (`textclf evaluate`, the gate's
+    code), when the scored data carries the label column; cached per model in
+    `<run_dir>/evaluation-<name>.json`. A problem here is logged, not a run failure."""
+    stats = read_json_or_none(FileSystems.join(stage_dirs(run_dir)[SCORE_STAGE], STATS_FILE))
+    if not stats or config.label_column not in (stats.get("columns") or []):
+        return
+    files = [f["path"] for f in matched_inputs(config.score_inputs)]
+    for name, entry in manifest["models"].items():
+        if not entry.get("dir") or not outputs.is_complete(entry["dir"]):
+            continue
+        path = FileSystems.join(run_dir, f"evaluation-{name}.json")
+        cached = read_json_or_none(path)
+        if not (
+            cached
+            and cached.get("model_version") == entry.get("model_version")
+            and (cached.get("eval") or {}).get("files") == files
+        ):
+            code, reason = call(EVALUATE_COMMAND, evaluate_argv(config, entry["dir"], path))
+            cached = read_json_or_none(path) if code == 0 else None
+            if cached is None:
+                _LOG.warning("could not evaluate %s on the scored rows: %s", name, reason)
+                continue
+        entry["scored_rows"] = headline_metrics(cached["metrics"])
+        _LOG.info(
+            "model %s on the scored rows: accuracy %.4f, macro-F1 %.4f",
+            name,
+            cached["metrics"]["accuracy"],
+            cached["metrics"]["macro_f1"],
+        )
+
+
 def run(
     config: RunConfig,
     root: str,
@@ -286,6 +349,7 @@ def run(
     if outputs.is_local(run_dir):
         os.makedirs(run_dir, exist_ok=True)
     argvs = stage_argvs(config, run_dir)
+    challenger_argvs(config, run_dir)  # checked before anything runs
     started = time.time()
     previous = read_json_or_none(FileSystems.join(run_dir, MANIFEST_FILE)) or {}
     manifest = _new_manifest(config, run_date, run_dir, force, previous)
@@ -293,6 +357,8 @@ def run(
     # What earlier invocations of this date recorded (which model scored, the gate's decision,
     # drift) stays until the step that records it runs again.
     manifest.update({k: previous[k] for k in ("model", "promotion", "drift") if k in previous})
+    # The architectures trained on this date's split: the first (model/) and the compared ones.
+    manifest["models"] = {}
     run_success = FileSystems.join(run_dir, SUCCESS_FILE)
     if FileSystems.exists(run_success):
         FileSystems.delete([run_success])  # the run is being redone; it is no longer complete
@@ -350,9 +416,22 @@ def run(
             entry.update(finished_stage(stage, dirs[stage]))
             if entry["status"] == RAN:
                 log_stage_end(stage, entry)
-            if stage == TRAIN_STAGE and config.registry_root and stage in stages:
+            if stage == TRAIN_STAGE:
+                primary = (config.architectures or ("seed",))[0]
+                manifest["models"][primary] = {
+                    "dir": dirs[TRAIN_STAGE],
+                    "status": entry["status"],
+                    "model_version": entry.get("model_version"),
+                    "eval": entry.get("metrics"),
+                    "scored": not config.registry_root,
+                }
+                if stage in stages and len(config.architectures) > 1:
+                    exit_code, failure = _train_challengers(call, config, run_dir, manifest, force)
+            if stage == TRAIN_STAGE and config.registry_root and stage in stages and not failure:
                 exit_code, failure = _gate(call, config, run_dir, manifest)
             if stage == SCORE_STAGE:
+                if len(manifest["models"]) > 1:
+                    _compare_on_scored_rows(call, config, run_dir, manifest)
                 exit_code, failure = _drift(config, manifest, dirs[stage])
         write_manifest(run_dir, manifest)
 
@@ -422,6 +501,11 @@ def run_dir_entries() -> tuple[str, ...]:
         f"{REPORT_FILE}.tmp-*",
         PROMOTION_FILE,
         f"{PROMOTION_FILE}.tmp-*",
+        f"{STAGE_DIRS[TRAIN_STAGE]}-*/",  # the compared architectures' models
+        f".{STAGE_DIRS[TRAIN_STAGE]}-*/",
+        f"{STAGE_DIRS[TRAIN_STAGE]}-*.replaced-*/",
+        "evaluation-*.json",
+        "evaluation-*.json.tmp-*",
         RUN_LOCK_FILE,  # runs before 2026-11-30 locked the run directory; now the root
         SUCCESS_FILE,
     )
@@ -437,6 +521,11 @@ def check_outputs(root: str, run_date: str) -> None:
         outputs.check_replaceable(run_dir, "run", run_dir_entries())
         for stage, stage_dir in stage_dirs(run_dir).items():
             outputs.check_replaceable(stage_dir, stage)
+        if outputs.is_local(run_dir) and os.path.isdir(run_dir):
+            prefix = f"{STAGE_DIRS[TRAIN_STAGE]}-"
+            for name in sorted(os.listdir(run_dir)):  # the compared architectures' models
+                if name.startswith(prefix) and ".replaced-" not in name:
+                    outputs.check_replaceable(os.path.join(run_dir, name), TRAIN_STAGE)
     except outputs.OutputNotReplaceable as err:
         raise ConfigError(str(err)) from None
 

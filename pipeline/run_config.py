@@ -74,6 +74,9 @@ class RunConfig:
     registry_root: str | None = None  # [registry] root: models are gated and published there
     promotion: dict = dataclasses.field(default_factory=lambda: dict(PROMOTION_DEFAULTS))
     eval_inputs: tuple[str, ...] = ()  # [promotion] eval_input: a fixed evaluation set
+    # [train] architecture as a list: the first trains into model/ (gated, scores), the others
+    # into model-<name>/ to be compared with it; () when the config does not list any.
+    architectures: tuple[str, ...] = ()
 
     @property
     def dated(self) -> bool:
@@ -170,12 +173,59 @@ def load_config(path: str) -> RunConfig:
         label_column=str(inputs.get("label_column", "label")),
         id_column=inputs.get("id_column"),
         settings={stage: dict(raw.get(stage, {})) for stage in STAGES},
+        architectures=_architectures(path, raw.get(TRAIN_STAGE, {})),
         beam=dict(raw.get("beam", {})),
         allow_missing=inputs.get("allow_missing", False),
         registry_root=registry_root,
         promotion=promotion,
         eval_inputs=eval_inputs,
     )
+
+
+def _architectures(path: str, train: dict) -> tuple[str, ...]:
+    """[train] architecture as a tuple (a string is a one-item list); per-architecture tables
+    `[train.<name>]` must name a listed architecture."""
+    value = train.get("architecture")
+    names = () if value is None else (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(
+            f"{path}: [train] architecture must be a name or a list of distinct names"
+        )
+    for key, table in train.items():
+        if isinstance(table, dict) and key not in names:
+            raise ConfigError(
+                f"{path}: [train.{key}] sets flags for architecture {key!r}, which [train] "
+                f"architecture does not list ({', '.join(names) or 'none'})"
+            )
+    return names
+
+
+def train_section(config: RunConfig, architecture: str | None) -> dict:
+    """[train]'s flags for one architecture: the shared keys, `architecture`, then the keys of
+    `[train.<architecture>]` over them."""
+    section = {k: v for k, v in config.settings[TRAIN_STAGE].items() if not isinstance(v, dict)}
+    section.pop("architecture", None)
+    if architecture is not None:
+        section["architecture"] = architecture
+        section.update(config.settings[TRAIN_STAGE].get(architecture) or {})
+    return section
+
+
+def challenger_dir(run_dir: str, architecture: str) -> str:
+    """Where an architecture other than the first trains: <run_dir>/model-<architecture>."""
+    return FileSystems.join(run_dir, f"{STAGE_DIRS[TRAIN_STAGE]}-{architecture}")
+
+
+def challenger_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
+    """`textclf train`'s command line for each architecture after the first, into its own dir."""
+    dirs = stage_dirs(run_dir)
+    argvs = {}
+    for name in config.architectures[1:]:
+        parser = stage_parser(TRAIN_STAGE)
+        section = train_section(config, name)
+        fixed = ["--data_dir", dirs[PREPROCESS_STAGE], "--model_dir", challenger_dir(run_dir, name)]
+        argvs[name] = _checked(TRAIN_STAGE, parser, fixed, section, config.beam, f"train.{name}")
+    return argvs
 
 
 def _local_or_url(value: str, base: str) -> str:
@@ -283,6 +333,28 @@ def _check_keys(stage: str, section: dict, flags: dict, beam: dict) -> None:
                 )
 
 
+def _checked(
+    stage: str, parser, fixed: list[str], section: dict, beam: dict, where: str
+) -> list[str]:
+    """`fixed` + the section's flags, parsed by the stage's parser (ConfigError naming
+    `[where]` when they do not parse)."""
+    _check_keys(stage, section, parser_flags(parser), beam)
+    try:
+        own = fixed + flags_from_mapping(parser, section)
+    except ValueError as err:
+        raise ConfigError(f"[{where}] {err}") from None
+    error = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(error):
+            _, rest = parser.parse_known_args(own)
+    except SystemExit:
+        reason = error.getvalue().strip().splitlines()[-1:] or ["invalid settings"]
+        raise ConfigError(f"[{where}] {reason[0].split(': error: ', 1)[-1]}") from None
+    if rest:
+        raise ConfigError(f"[{where}] not understood: {' '.join(rest)}")
+    return own
+
+
 def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
     """Each stage's full command line; checked with the stage's parser before anything runs."""
     run_flags = _run_flags(config, stage_dirs(run_dir))
@@ -290,20 +362,9 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
     for stage in STAGES:
         parser = stage_parser(stage)
         section = config.settings[stage]
-        _check_keys(stage, section, parser_flags(parser), config.beam)
-        try:
-            own = run_flags[stage] + flags_from_mapping(parser, section)
-        except ValueError as err:
-            raise ConfigError(f"[{stage}] {err}") from None
-        error = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(error):
-                _, rest = parser.parse_known_args(own)
-        except SystemExit:
-            reason = error.getvalue().strip().splitlines()[-1:] or ["invalid settings"]
-            raise ConfigError(f"[{stage}] {reason[0].split(': error: ', 1)[-1]}") from None
-        if rest:
-            raise ConfigError(f"[{stage}] not understood: {' '.join(rest)}")
+        if stage == TRAIN_STAGE:
+            section = train_section(config, (config.architectures or (None,))[0])
+        own = _checked(stage, parser, run_flags[stage], section, config.beam, stage)
         beam = flags_from_mapping(parser, config.beam) if stage in BEAM_STAGES else []
         argvs[stage] = (own, beam)
     for _, beam in argvs.values():  # after every stage's own check: that message is clearer
@@ -341,3 +402,13 @@ def promote_argv(config: RunConfig, run_dir: str, decision_file: str) -> list[st
         "--decision_file",
         decision_file,
     ]
+
+
+def evaluate_argv(config: RunConfig, model_dir: str, output: str) -> list[str]:
+    """`textclf evaluate`'s command line: one model on the run's scored inputs, by label."""
+    argv = ["--model_dir", model_dir, "--input", *config.score_inputs,
+            "--text_column", config.text_column, "--label_column", config.label_column]  # fmt: skip
+    delimiter = config.settings[PREPROCESS_STAGE].get("label_delimiter")
+    if delimiter is not None:
+        argv += ["--label_delimiter", str(delimiter)]
+    return [*argv, "--output", output]

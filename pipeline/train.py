@@ -2,8 +2,9 @@
 
 This module wires the training stage: it parses its flags (`build_parser`), checks the preprocess directory
 (read through pipeline/artifacts.py's `PreprocessOutput`: `_SUCCESS`, `preprocess_config.json`,
-the rows per split in `stats.json`) and the head/loss pairing before any training, builds the
-tf.data input (transforms/training_data.py) and the Keras model (transforms/model.py), fits with
+the rows per split in `stats.json`, the TF-IDF features when `--architecture tfidf_linear` needs
+them) and the head/loss pairing before any training, builds the tf.data input
+(transforms/training_data.py) and the Keras model of the chosen family (transforms/model.py), fits with
 per-epoch progress, TensorBoard logs and early stopping (a killed run's rerun resumes from its
 last finished epoch: pipeline/training_backup.py), then writes the model directory under a staging dir and
 finalizes it with `_SUCCESS` last. The model, the input pipeline and the metrics live in
@@ -14,6 +15,7 @@ in-process entry point for the `textclf run` orchestrator.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as _dt
 import logging
@@ -36,6 +38,7 @@ from pipeline.versions import package_versions
 from transforms.contracts import (
     EVAL,
     EXIT_BAD_INPUT,
+    FEATURE_TFIDF,
     HISTORY_FILE,
     LABEL_KEY,
     LABELS_KEY,
@@ -49,7 +52,19 @@ from transforms.contracts import (
     TRAIN_STAGE,
     TRAINING_PROFILE_FILE,
 )
-from transforms.model import ACTIVATIONS, LOSSES, Head, ModelSettings, RefusedPairing, choose_head
+from transforms.model import (
+    ACTIVATIONS,
+    ARCHITECTURES,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    LOSSES,
+    SEED,
+    TFIDF_LINEAR,
+    Head,
+    ModelSettings,
+    RefusedPairing,
+    choose_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +74,43 @@ class BadInput(ValueError):
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Layer sizes and head choice: shared by `train` and `describe`."""
+    """Architecture, layer sizes and head choice: shared by `train` and `describe`."""
     defaults = ModelSettings()
     group = parser.add_argument_group("model")
+    group.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default=defaults.architecture,
+        help=f"model family (default {SEED}): {SEED} = Embedding+Conv1D+LSTM over token ids; "
+        f"{TFIDF_LINEAR} = an L2-regularised softmax/sigmoid head over the sparse TF-IDF "
+        "features (preprocess with --features sequence,tfidf)",
+    )
     group.add_argument("--embedding_dim", type=int, default=defaults.embedding_dim)
-    group.add_argument("--dropout", type=float, default=defaults.dropout)
+    group.add_argument(
+        "--dropout",
+        type=float,
+        default=defaults.dropout,
+        help=f"dropout rate (default {defaults.dropout}): {SEED} after the embedding, "
+        f"{TFIDF_LINEAR} after its hidden layer (none without one)",
+    )
     group.add_argument("--filters", type=int, default=defaults.filters, help="Conv1D filters")
     group.add_argument("--kernel_size", type=int, default=defaults.kernel_size)
     group.add_argument("--pool_size", type=int, default=defaults.pool_size)
     group.add_argument("--lstm_units", type=int, default=defaults.lstm_units)
+    group.add_argument(
+        "--l2",
+        type=float,
+        default=defaults.l2,
+        help=f"{TFIDF_LINEAR} only: L2 penalty on the weights over the TF-IDF features "
+        f"(default {defaults.l2:g}; 0 = none)",
+    )
+    group.add_argument(
+        "--hidden_units",
+        type=int,
+        default=defaults.hidden_units,
+        help=f"{TFIDF_LINEAR} only: units of one relu hidden layer before the head "
+        f"(default {defaults.hidden_units} = none: a linear model)",
+    )
     group.add_argument(
         "--activation",
         choices=ACTIVATIONS,
@@ -93,19 +136,22 @@ class TrainOptions(argparse.Namespace):
 
     data_dir: str
     model_dir: str
-    epochs: int
+    epochs: int | None  # None: the architecture's default (resolved_defaults)
     batch_size: int
-    learning_rate: float
+    learning_rate: float | None  # None: the architecture's default (resolved_defaults)
     early_stopping_patience: int
     seed: int
     shuffle_buffer: int
     # add_model_arguments:
+    architecture: str
     embedding_dim: int
     dropout: float
     filters: int
     kernel_size: int
     pool_size: int
     lstm_units: int
+    l2: float
+    hidden_units: int
     activation: str | None
     loss: str | None
     threshold: float
@@ -115,17 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     """The stage's own flags, the one source of them (the CLI, `textclf run`, the tests)."""
     parser = argparse.ArgumentParser(
         prog="textclf train",
-        description="Fit the Conv1D+LSTM classifier on a preprocess output; export a SavedModel "
-        "that takes raw text.",
+        description="Fit the classifier (the Conv1D+LSTM seed, or a linear model over TF-IDF "
+        "features) on a preprocess output; export a SavedModel that takes raw text.",
         allow_abbrev=False,
     )
     parser.add_argument("--data_dir", required=True, help="a finished preprocess output (required)")
     parser.add_argument(
         "--model_dir", required=True, help="where the model dir is written (required)"
     )
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="the most epochs to fit (early stopping may end sooner); default by "
+        "--architecture: " + ", ".join(f"{arch} {n}" for arch, n in DEFAULT_EPOCHS.items()),
+    )
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="Adam's learning rate; default by --architecture: "
+        + ", ".join(f"{arch} {rate:g}" for arch, rate in DEFAULT_LEARNING_RATE.items()),
+    )
     parser.add_argument(
         "--early_stopping_patience",
         type=int,
@@ -157,6 +215,43 @@ def settings_from(data_dir: str, model_dir: str, **settings) -> TrainOptions:
 def model_settings(opts: argparse.Namespace) -> ModelSettings:
     return ModelSettings(
         **{f.name: getattr(opts, f.name) for f in dataclasses.fields(ModelSettings)}
+    )
+
+
+def resolved_defaults(opts: TrainOptions) -> TrainOptions:
+    """A copy of `opts` with the defaults that depend on --architecture filled in (the
+    learning rate and the epoch cap), so the backup settings and the model card record the
+    values used."""
+    opts = copy.copy(opts)
+    if opts.epochs is None:
+        opts.epochs = DEFAULT_EPOCHS[opts.architecture]
+    if opts.learning_rate is None:
+        opts.learning_rate = DEFAULT_LEARNING_RATE[opts.architecture]
+    return opts
+
+
+def check_architecture(data: PreprocessOutput, settings: ModelSettings) -> None:
+    """BadInput unless the preprocess output holds the features the architecture reads."""
+    if settings.architecture == TFIDF_LINEAR and FEATURE_TFIDF not in data.features:
+        raise BadInput(
+            f"--architecture {TFIDF_LINEAR} needs TF-IDF features, but {data.dir} was "
+            f"preprocessed with --features {','.join(data.features)}; preprocess with "
+            f"--features sequence,{FEATURE_TFIDF}, or train --architecture {SEED}"
+        )
+
+
+def build_model_for(config: dict, settings: ModelSettings, head: Head):
+    """The (uncompiled) Keras model of `settings.architecture`, sized by a preprocess output's
+    preprocess_config.json `config`: what `train` fits and `describe` explains."""
+    from transforms.model import build_architecture
+
+    return build_architecture(
+        settings,
+        head,
+        int(config["num_classes"]),
+        sequence_length=int(config["sequence_length"]),
+        id_vocabulary_size=int(config["id_vocabulary_size"]),
+        tfidf_dim=int(config["tfidf_dim"]) if config.get("tfidf_dim") else None,
     )
 
 
@@ -232,6 +327,7 @@ def new_model_version(now: _dt.datetime | None = None) -> str:
 
 def run_training(opts: argparse.Namespace) -> TrainResult:
     """Check, fit, evaluate, export and finalize; returns the in-memory model beside the files."""
+    opts = resolved_defaults(opts)
     data, head = _check_inputs(opts)
     import keras
 
@@ -244,8 +340,8 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
     staging = outputs.staging_dir(opts.model_dir)
     try:
         history = _fit(opts, model, datasets, backup, resumed, staging)
-        metrics = _evaluate(model, data, head, opts.batch_size, history)
-        _export(staging, model, data, head, metrics, history)
+        metrics = _evaluate(model, data, head, opts, history)
+        _export(staging, model, data, head, metrics, history, _tfidf_dim(opts, data))
         card = _model_card(opts, data, head, model, metrics, resumed)
         _finalize(staging, opts.model_dir, card, data, head, metrics, history)
     except BaseException:
@@ -258,8 +354,8 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
 
 def _check_inputs(opts: argparse.Namespace) -> tuple[PreprocessOutput, Head]:
     """What is checked before any training (BadInput, exit 2): --model_dir is train's to
-    replace, --data_dir a finished preprocess output, the head suits its labels, and both
-    splits have rows."""
+    replace, --data_dir a finished preprocess output with the features --architecture reads,
+    the head suits its labels, and both splits have rows."""
     try:
         outputs.check_replaceable(opts.model_dir, TRAIN_STAGE)
     except outputs.OutputNotReplaceable as err:
@@ -269,6 +365,7 @@ def _check_inputs(opts: argparse.Namespace) -> tuple[PreprocessOutput, Head]:
         data.check_complete()
     except IncompleteOutput as err:
         raise BadInput(str(err)) from err
+    check_architecture(data, model_settings(opts))
     head = head_for(data.multi_label, opts)
     train_rows, eval_rows = data.rows(TRAIN), data.rows(EVAL)
     if train_rows == 0 or eval_rows == 0:
@@ -294,6 +391,11 @@ def _target_key(head: Head) -> str:
     return LABELS_KEY if head.multi_label else LABEL_KEY
 
 
+def _tfidf_dim(opts: argparse.Namespace, data: PreprocessOutput) -> int | None:
+    """The TF-IDF matrix's width when the architecture reads it (make_dataset's switch)."""
+    return data.tfidf_dim if opts.architecture == TFIDF_LINEAR else None
+
+
 def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _Datasets:
     """The tf.data input (transforms/training_data.py); one-hot targets where the loss needs
     them."""
@@ -303,6 +405,7 @@ def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _
 
     spec, target_key = data.tft_output.transformed_feature_spec(), _target_key(head)
     one_hot = data.num_classes if head.one_hot_targets else None
+    tfidf_dim = _tfidf_dim(opts, data)
     train_ds = make_dataset(
         data.split_pattern(TRAIN),
         spec,
@@ -312,9 +415,15 @@ def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _
         shuffle_buffer=opts.shuffle_buffer,
         seed=opts.seed,
         one_hot_depth=one_hot,
+        tfidf_dim=tfidf_dim,
     )
     eval_ds = make_dataset(
-        data.split_pattern(EVAL), spec, target_key, opts.batch_size, one_hot_depth=one_hot
+        data.split_pattern(EVAL),
+        spec,
+        target_key,
+        opts.batch_size,
+        one_hot_depth=one_hot,
+        tfidf_dim=tfidf_dim,
     )
     train_rows, eval_rows = data.rows(TRAIN), data.rows(EVAL)
     return _Datasets(
@@ -330,12 +439,8 @@ def _compiled_model(opts: argparse.Namespace, data: PreprocessOutput, head: Head
     head's loss and the metrics Keras prints per epoch."""
     import keras
 
-    from transforms.model import build_model
-
     num_classes = data.num_classes
-    model = build_model(
-        data.sequence_length, data.id_vocabulary_size, num_classes, model_settings(opts), head
-    )
+    model = build_model_for(data.config, model_settings(opts), head)
     if head.multi_label:
         fit_metrics = [
             keras.metrics.BinaryAccuracy(name="binary_accuracy", threshold=head.threshold),
@@ -438,7 +543,9 @@ def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict, event_lo
     event_logger.on_train_end()
 
 
-def _evaluate(model, data: PreprocessOutput, head: Head, batch_size: int, history: dict) -> dict:
+def _evaluate(
+    model, data: PreprocessOutput, head: Head, opts: argparse.Namespace, history: dict
+) -> dict:
     """metrics.json: the eval split's metrics (transforms/evaluation.py), the rows seen and the
     epochs run."""
     import numpy as np
@@ -448,7 +555,13 @@ def _evaluate(model, data: PreprocessOutput, head: Head, batch_size: int, histor
 
     # Unshuffled, one_hot off: targets as stored, in the same order as the predictions.
     spec = data.tft_output.transformed_feature_spec()
-    eval_plain = make_dataset(data.split_pattern(EVAL), spec, _target_key(head), batch_size)
+    eval_plain = make_dataset(
+        data.split_pattern(EVAL),
+        spec,
+        _target_key(head),
+        opts.batch_size,
+        tfidf_dim=_tfidf_dim(opts, data),
+    )
     probabilities = model.predict(eval_plain.map(lambda x, y: x), verbose=0)
     targets = np.concatenate([y.numpy() for _, y in eval_plain])
     class_names = data.label_vocabulary
@@ -464,14 +577,25 @@ def _evaluate(model, data: PreprocessOutput, head: Head, batch_size: int, histor
 
 
 def _export(
-    staging: str, model, data: PreprocessOutput, head: Head, metrics: dict, history: dict
+    staging: str,
+    model,
+    data: PreprocessOutput,
+    head: Head,
+    metrics: dict,
+    history: dict,
+    tfidf_dim: int | None,
 ) -> None:
     """The raw-text SavedModel (pipeline/export.py), labels.txt, metrics.json, history.json."""
     from pipeline import export
 
     class_names = data.label_vocabulary
     export.export_saved_model(
-        model, data.tft_output, class_names, head, os.path.join(staging, SAVED_MODEL_DIR)
+        model,
+        data.tft_output,
+        class_names,
+        head,
+        os.path.join(staging, SAVED_MODEL_DIR),
+        tfidf_dim=tfidf_dim,
     )
     outputs.write_text(os.path.join(staging, LABELS_TXT), "\n".join(class_names) + "\n")
     outputs.write_json(os.path.join(staging, METRICS_FILE), metrics)
@@ -510,6 +634,7 @@ def _model_card(
         # threshold the serving signature applies, without loading the SavedModel.
         "multi_label": head.multi_label,
         "threshold": head.threshold if head.multi_label else None,
+        "architecture": opts.architecture,
         "model": dataclasses.asdict(model_settings(opts)),
         "head": dataclasses.asdict(head),
         "training": {k: getattr(opts, k) for k in CARD_TRAINING_FLAGS},

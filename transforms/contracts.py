@@ -15,10 +15,19 @@ TOKEN_IDS_KEY = "token_ids"  # int64[sequence_length]
 NUM_TOKENS_KEY = "num_tokens"  # int64 scalar: tokens in the text before padding/truncation
 LABEL_KEY = "label"  # int64 scalar, single-label
 LABELS_KEY = "labels"  # float32[num_classes] multi-hot, multi-label
+# With `--features sequence,tfidf` (FEATURE_TFIDF): bag-of-n-grams TF-IDF, one entry per distinct
+# n-gram of the whole document, ids in [0, tfidf_dim) (tfidf_dim - 1: every unknown n-gram).
+TFIDF_IDS_KEY = "tfidf_ids"  # int64 VarLen
+TFIDF_WEIGHTS_KEY = "tfidf_weights"  # float32 VarLen, aligned with tfidf_ids, L2 norm 1 per row
+
+# Feature sets of `textclf preprocess --features` (sequence: token_ids and num_tokens, always).
+FEATURE_SEQUENCE = "sequence"
+FEATURE_TFIDF = "tfidf"
 
 # Assets of the transform graph.
 TOKEN_VOCAB_NAME = "token_vocab"
 LABEL_VOCAB_NAME = "label_vocab"
+NGRAM_VOCAB_NAME = "ngram_vocab"  # with FEATURE_TFIDF: the n-grams of tfidf_ids, in id order
 
 # Splits.
 TRAIN = "train"

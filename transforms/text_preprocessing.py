@@ -16,7 +16,13 @@ the same graph and the same asset:
 
 Both order the vocabulary as tf.Transform does: count descending, ties broken by the token's
 bytes descending; `min_frequency` filters before `max_tokens` cuts. Id 0 is padding, 1..V the
-vocabulary, V+1..V+B the OOV buckets. This module owns no I/O beyond the vocabulary asset.
+vocabulary, V+1..V+B the OOV buckets.
+
+With `features` holding `tfidf`, the graph also writes bag-of-n-grams TF-IDF features
+(`_tfidf`): n-grams 1..`ngram_max` of the whole document (`tft.ngrams`, not cut to
+`sequence_length`), their own vocabulary (`ngram_vocab`, counted by either path above), and
+`tft.tfidf` weights, L2-normalised per document. This module owns no I/O beyond the vocabulary
+assets.
 """
 
 from __future__ import annotations
@@ -34,12 +40,17 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 
 from transforms.contracts import (
+    FEATURE_SEQUENCE,
+    FEATURE_TFIDF,
     LABEL_KEY,
     LABEL_VOCAB_NAME,
     LABELS_KEY,
+    NGRAM_VOCAB_NAME,
     NUM_TOKENS_KEY,
     RAW_LABEL_KEY,
     TEXT_KEY,
+    TFIDF_IDS_KEY,
+    TFIDF_WEIGHTS_KEY,
     TOKEN_IDS_KEY,
     TOKEN_VOCAB_NAME,
 )
@@ -48,9 +59,16 @@ from transforms.contracts import (
 _PUNCTUATION = r"[\pP\pS]"
 
 
+# The feature sets a preprocess output can hold; `sequence` always (the seed model and the drift
+# profile read token_ids and num_tokens).
+FEATURES = (FEATURE_SEQUENCE, FEATURE_TFIDF)
+# The settings that only the TF-IDF features use (left out of the config when they are off).
+_TFIDF_SETTINGS = ("ngram_max", "tfidf_max_tokens", "tfidf_min_frequency")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextSettings:
-    """What the transform graph needs to know; stored in preprocess_config.json."""
+    """What the transform graph needs to know; stored in preprocess_config.json (`config()`)."""
 
     sequence_length: int = 100
     max_tokens: int = 20000  # 0: no cap
@@ -60,6 +78,31 @@ class TextSettings:
     strip_punctuation: bool = False
     multi_label: bool = False
     fast_vocabulary: bool = True
+    features: tuple[str, ...] = (FEATURE_SEQUENCE,)
+    ngram_max: int = 2  # n-grams of 1..ngram_max tokens
+    tfidf_max_tokens: int = 100000  # the n-gram vocabulary's top k by corpus count
+    tfidf_min_frequency: int = 2  # n-grams seen fewer times are left out (before the top k)
+
+    @property
+    def tfidf(self) -> bool:
+        return FEATURE_TFIDF in self.features
+
+    @property
+    def tfidf_dim(self) -> int | None:
+        """Ids of `tfidf_ids` are in [0, tfidf_dim): the vocabulary, then one OOV id at
+        `tfidf_max_tokens`, whatever the vocabulary's actual size; None without TF-IDF."""
+        return self.tfidf_max_tokens + 1 if self.tfidf else None
+
+    def config(self) -> dict:
+        """The settings as preprocess_config.json holds them. Without TF-IDF, exactly the keys
+        written before it existed (so a default run's files keep their bytes); with it, also
+        `features`, the n-gram settings and `tfidf_dim`."""
+        config = dataclasses.asdict(self)
+        if not self.tfidf:
+            for key in ("features", *_TFIDF_SETTINGS):
+                del config[key]
+            return config
+        return dict(config, features=list(self.features), tfidf_dim=self.tfidf_dim)
 
 
 def normalize_text(text: tf.Tensor, settings: TextSettings) -> tf.Tensor:
@@ -123,7 +166,10 @@ def _sum_counts(tables: list[pa.Table]) -> pa.Table:
     schema = _counts_schema(sum(t.column("token").nbytes for t in tables) >= _LARGE_TOKEN_BYTES)
     merged = pa.concat_tables([t.cast(schema) for t in tables])
     merged = merged.group_by("token").aggregate([("count", "sum")])
-    return merged.rename_columns(["token", "count"])
+    # group_by hands back chunks of ~32k rows that view shared buffers, and pickling writes
+    # each chunk's whole buffers: 18x the table's bytes for 580k n-grams, past gRPC's 2 GiB
+    # per element at 300k documents. One chunk pickles at its own size.
+    return merged.rename_columns(["token", "count"]).combine_chunks()
 
 
 class _SumTokenCounts(beam.CombineFn):
@@ -337,8 +383,61 @@ def _labels(raw_label, settings: TextSettings) -> dict:
     return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
 
 
+def _ngram_ids(ngrams: tf.SparseTensor, settings: TextSettings) -> tf.SparseTensor:
+    """Each n-gram's id in the n-gram vocabulary; -1 outside it (`tft.tfidf` folds that into the
+    one OOV id). Fast: counted by `fast_vocabulary`; textbook: `tft.compute_and_apply_vocabulary`.
+    """
+    if settings.fast_vocabulary:
+        # N-grams join whitespace-split tokens with a space: never empty, never a line break.
+        vocab_path = fast_vocabulary(
+            ngrams.values,
+            NGRAM_VOCAB_NAME,
+            top_k=settings.tfidf_max_tokens,
+            min_frequency=settings.tfidf_min_frequency,
+            may_break_lines=False,
+        )
+        return tft.apply_vocabulary(ngrams, vocab_path, default_value=-1, file_format="text")
+    return tft.compute_and_apply_vocabulary(
+        ngrams,
+        default_value=-1,
+        top_k=settings.tfidf_max_tokens,
+        frequency_threshold=(
+            settings.tfidf_min_frequency if settings.tfidf_min_frequency > 1 else None
+        ),
+        vocab_filename=NGRAM_VOCAB_NAME,
+    )
+
+
+def l2_normalize_rows(weights: tf.SparseTensor) -> tf.SparseTensor:
+    """Each row's values divided by the row's L2 norm (sklearn's TfidfVectorizer default), so a
+    long document and a short one on the same topic get comparable vectors."""
+    rows = weights.indices[:, 0]
+    squares = tf.math.unsorted_segment_sum(
+        tf.square(weights.values), rows, tf.cast(weights.dense_shape[0], tf.int32)
+    )
+    norms = tf.gather(tf.sqrt(squares), rows)
+    return tf.SparseTensor(
+        weights.indices, tf.math.divide_no_nan(weights.values, norms), weights.dense_shape
+    )
+
+
+def _tfidf(tokens: tf.RaggedTensor, settings: TextSettings) -> dict:
+    """Bag-of-n-grams TF-IDF of each whole document: {tfidf_ids, tfidf_weights}, aligned
+    VarLen lists with one entry per distinct n-gram (ids ascending).
+
+    Weights are `tft.tfidf`'s (n-gram count / the document's n-grams * (log((1 + N) / (1 + df))
+    + 1), with N the documents analyzed and df those holding the n-gram), then L2-normalised.
+    Ids outside the vocabulary are -1 until `tft.tfidf` takes them modulo `tfidf_dim`: all
+    unknown n-grams share the one id `tfidf_max_tokens`.
+    """
+    ngrams = tft.ngrams(tokens.to_sparse(), (1, settings.ngram_max), separator=" ")
+    ids, weights = tft.tfidf(_ngram_ids(ngrams, settings), settings.tfidf_dim)
+    return {TFIDF_IDS_KEY: ids, TFIDF_WEIGHTS_KEY: l2_normalize_rows(weights)}
+
+
 def make_preprocessing_fn(settings: TextSettings):
-    """The pure tf.Transform function for these settings (text -> token_ids, labels)."""
+    """The pure tf.Transform function for these settings (text -> token_ids, labels, and with
+    `tfidf` in `settings.features`, tfidf_ids and tfidf_weights)."""
 
     def preprocessing_fn(inputs: dict) -> dict:
         tokens = tokenize(normalize_text(inputs[TEXT_KEY], settings))
@@ -348,6 +447,8 @@ def make_preprocessing_fn(settings: TextSettings):
             NUM_TOKENS_KEY: tokens.row_lengths(),
         }
         outputs.update(_labels(inputs[RAW_LABEL_KEY], settings))
+        if settings.tfidf:
+            outputs.update(_tfidf(tokens, settings))
         return outputs
 
     return preprocessing_fn

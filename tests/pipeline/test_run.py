@@ -503,27 +503,5 @@ def test_a_killed_run_leaves_nothing_that_looks_complete(tmp_path):
         pass
 
 
-@pytest.mark.slow
-def test_end_to_end_run_on_a_tiny_corpus_then_a_rerun_skips_everything(tmp_path, capsys):
-    root = tmp_path / "runs"
-    argv = ["--config", _config(tmp_path), "--root", str(root), "--run_date", RUN_DATE]
-    assert run.main(argv) == 0
-    run_dir = root / RUN_DATE
-    for name in ("data", "model", "scores"):
-        assert (run_dir / name / SUCCESS_FILE).exists()
-    assert (run_dir / SUCCESS_FILE).exists()
-    manifest = _manifest(root)
-    stages = manifest["stages"]
-    assert stages["preprocess"]["rows"]["rows_read"] == 240
-    assert stages["preprocess"]["rows"]["rows_accounted"] is True
-    assert stages["train"]["rows"]["epochs_run"] == 1
-    assert stages["score"]["rows"]["rows_read"] == 60
-    assert stages["score"]["rows"]["rows_accounted"] is True
-    scored = manifest["metrics"]["scored"]
-    assert scored["rows"] == 60 and 0.0 <= scored["accuracy"] <= 1.0
-    assert manifest["versions"]["tensorflow"]
-    page = (run_dir / REPORT_FILE).read_text()
-    assert "data:image/png;base64," in page and "sports" in page
-
-    assert run.main(argv) == 0
-    assert _statuses(root) == {"preprocess": "skipped", "train": "skipped", "score": "skipped"}
+# The end-to-end run with the real stages (two architectures, a rerun that skips everything) is
+# tests/pipeline/test_run_compare.py::test_two_architectures_are_trained_compared_and_reported.
