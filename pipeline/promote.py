@@ -261,15 +261,18 @@ def _already_published(
     registry: Registry, candidate: ModelOutput, n: int, opts: PromoteOptions
 ) -> dict:
     """A rerun for a model already published as version `n`: nothing is published; CHAMPION
-    is pointed at `n` only when its recorded decision is a promotion and no later version
-    exists (the earlier promotion stopped between publishing and the pointer)."""
+    is pointed at `n` only when its recorded decision is a promotion, no later version exists
+    and `n` was never champion (CHAMPION.history): the earlier promotion stopped between
+    publishing and the pointer. A pointer rolled back by hand stays."""
     record = registry.record(n)
     earlier = dict(record.get("gate") or {})
     champion = registry.champion()
     pointer = ""
+    ever_champion = any(h.get("version") == n for h in registry.champion_history())
     if (
         earlier.get("decision", PROMOTED) == PROMOTED
         and champion != n
+        and not ever_champion  # cut short; a pointer rolled back by hand stays
         and max(registry.versions()) == n
     ):
         registry.set_champion(n)

@@ -5,7 +5,8 @@ A registry root holds `<root>/<N>/` for every model that passed the promotion ga
 directly inside, as TF Serving loads a version, textclf's metadata files from the training
 output beside them (labels.txt, model_card.json, metrics.json, ...; not logs/), `registry.json`
 (where the version came from and the gate's decision) and `_SUCCESS` last. `<root>/CHAMPION`
-holds the number of the version in use ("N\\n"), replaced atomically. A version is never
+holds the number of the version in use ("N\\n"), replaced atomically; `<root>/CHAMPION.history`
+has one JSON line per pointer write (version, time), oldest first. A version is never
 overwritten or removed: a new one is staged in `<root>/.<N>.inprogress-<token>/` and renamed to
 a name that does not exist yet, and N is one more than the highest integer name present, finished
 or not (so a name that holds anything, a user's files included, is never reused). Writers take
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -32,6 +34,7 @@ from pipeline import outputs
 from pipeline.artifacts import ModelOutput
 from transforms.contracts import (
     CHAMPION_FILE,
+    CHAMPION_HISTORY_FILE,
     REGISTRY_LOCK_FILE,
     REGISTRY_RECORD_FILE,
     SUCCESS_FILE,
@@ -214,10 +217,25 @@ class Registry:
         return n
 
     def set_champion(self, n: int) -> None:
-        """Point CHAMPION at finished version `n` (an atomic replace, under the lock)."""
+        """Point CHAMPION at finished version `n` (an atomic replace, under the lock), and add a
+        line to CHAMPION_HISTORY_FILE first, so a rerun can tell a promotion cut short before the
+        pointer (never champion) from a pointer rolled back by hand (champion before)."""
         with self.locked():
             self.check_version(n)
+            history = self.champion_history()
+            line = json.dumps({"version": int(n), "at": outputs.now()}, sort_keys=True)
+            outputs.write_text_atomic(
+                self.path(CHAMPION_HISTORY_FILE),
+                "".join(json.dumps(h, sort_keys=True) + "\n" for h in history) + line + "\n",
+            )
             outputs.write_text_atomic(self.path(CHAMPION_FILE), f"{int(n)}\n")
+
+    def champion_history(self) -> list[dict]:
+        """Every pointer write by textclf, oldest first: [{"version", "at"}]."""
+        path = self.path(CHAMPION_HISTORY_FILE)
+        if not FileSystems.exists(path):
+            return []
+        return [json.loads(line) for line in outputs.read_text(path).splitlines() if line.strip()]
 
 
 # -- copying a model in ------------------------------------------------------------------------

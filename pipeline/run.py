@@ -188,17 +188,25 @@ def missing_inputs(config: RunConfig, dirs: dict[str, str], stages: Sequence[str
 
 
 def _record_missing(config: RunConfig, run_date: str, run_dir: str, missing: list[str]) -> None:
-    """allow_missing: the date's manifest says it was skipped and why; nothing else is written."""
+    """allow_missing: the date's manifest says this invocation skipped it and why, keeping what
+    earlier invocations recorded; the date is no longer complete (its run `_SUCCESS` goes)."""
     previous = read_json_or_none(FileSystems.join(run_dir, MANIFEST_FILE)) or {}
-    manifest = _new_manifest(config, run_date, run_dir, False, previous)
+    manifest = dict(previous) or _new_manifest(config, run_date, run_dir, False, previous)
+    manifest.setdefault("invocations", [])
+    started = outputs.now()
     reason = f"no input files: {'; '.join(missing)}"
-    manifest.update(status=MISSING_INPUTS, finished_at=outputs.now(), reason=reason)
+    manifest.update(
+        status=MISSING_INPUTS, started_at=started, finished_at=outputs.now(), reason=reason
+    )
     manifest["invocations"].append(
-        {"started_at": manifest["started_at"], "finished_at": manifest["finished_at"],
+        {"started_at": started, "finished_at": manifest["finished_at"],
          "status": MISSING_INPUTS, "exit_code": 0}
     )  # fmt: skip
     if outputs.is_local(run_dir):
         os.makedirs(run_dir, exist_ok=True)
+    run_success = FileSystems.join(run_dir, SUCCESS_FILE)
+    if FileSystems.exists(run_success):
+        FileSystems.delete([run_success])
     write_manifest(run_dir, manifest)
     _LOG.warning("run %s: skipped (allow_missing): %s", run_date, reason)
 
@@ -294,7 +302,7 @@ def _compare_on_scored_rows(
     stats = read_json_or_none(FileSystems.join(stage_dirs(run_dir)[SCORE_STAGE], STATS_FILE))
     if not stats or config.label_column not in (stats.get("columns") or []):
         return
-    files = [f["path"] for f in matched_inputs(config.score_inputs)]
+    files = sorted({f["path"] for f in matched_inputs(config.score_inputs)})
     for name, entry in manifest["models"].items():
         if not entry.get("dir") or not outputs.is_complete(entry["dir"]):
             continue
@@ -303,7 +311,7 @@ def _compare_on_scored_rows(
         if not (
             cached
             and cached.get("model_version") == entry.get("model_version")
-            and (cached.get("eval") or {}).get("files") == files
+            and sorted(set((cached.get("eval") or {}).get("files") or [])) == files
         ):
             code, reason = call(EVALUATE_COMMAND, evaluate_argv(config, entry["dir"], path))
             cached = read_json_or_none(path) if code == 0 else None
@@ -357,8 +365,9 @@ def run(
     # What earlier invocations of this date recorded (which model scored, the gate's decision,
     # drift) stays until the step that records it runs again.
     manifest.update({k: previous[k] for k in ("model", "promotion", "drift") if k in previous})
-    # The architectures trained on this date's split: the first (model/) and the compared ones.
-    manifest["models"] = {}
+    # The architectures trained on this date's split: the first (model/) and the compared ones
+    # (kept from the last invocation that trained, when this one does not).
+    manifest["models"] = {} if TRAIN_STAGE in stages else dict(previous.get("models") or {})
     run_success = FileSystems.join(run_dir, SUCCESS_FILE)
     if FileSystems.exists(run_success):
         FileSystems.delete([run_success])  # the run is being redone; it is no longer complete
@@ -366,13 +375,7 @@ def run(
     for i, stage in enumerate(STAGES):
         entry = {"dir": dirs[stage], "argv": argvs[stage]}
         manifest["stages"][stage] = entry
-        # With a registry, score reads the registry's model, not this run's: no upstream here.
-        upstream = (
-            None
-            if i == 0 or (stage == SCORE_STAGE and config.registry_root)
-            else dirs[STAGES[i - 1]]
-        )
-        stale = is_stale(dirs[stage], upstream)
+        stale = is_stale(dirs[stage], _upstream(config, dirs, stage))
         if stage not in stages:
             entry["status"] = NOT_SELECTED
         elif failure:
@@ -479,7 +482,19 @@ def finished_before(config: RunConfig, root: str, run_date: str, stages: Sequenc
     selected stage's output is there, finished."""
     run_dir = FileSystems.join(root, run_date)
     dirs = stage_dirs(run_dir)
-    return outputs.is_complete(run_dir) and all(outputs.is_complete(dirs[s]) for s in stages)
+    return outputs.is_complete(run_dir) and all(
+        outputs.is_complete(dirs[s]) and not is_stale(dirs[s], _upstream(config, dirs, s))
+        for s in stages
+    )
+
+
+def _upstream(config: RunConfig, dirs: dict[str, str], stage: str) -> str | None:
+    """The output a stage reads (make's rule for staleness): the previous stage's; none for
+    preprocess, and none for score with a registry (it reads the registry's model)."""
+    i = STAGES.index(stage)
+    if i == 0 or (stage == SCORE_STAGE and config.registry_root):
+        return None
+    return dirs[STAGES[i - 1]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class RunConfig:
         date = _dt.date.fromisoformat(run_date)
 
         def resolve(patterns: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(p.format(run_date=date) if _fields(p) else p for p in patterns)
+            # Every pattern is formatted: `{{` is a literal brace in all of them.
+            return tuple(p.format(run_date=date) for p in patterns)
 
         return dataclasses.replace(
             self,
@@ -160,6 +161,14 @@ def load_config(path: str) -> RunConfig:
         raise ConfigError(f"{path}: [inputs] allow_missing must be true or false")
     base = os.path.dirname(os.path.abspath(path))
     registry_root, promotion, eval_inputs = _registry(path, raw, base)
+    architectures = _architectures(path, raw.get(TRAIN_STAGE, {}))
+    features = raw.get(PREPROCESS_STAGE, {}).get("features", "sequence")
+    features = features if isinstance(features, list) else str(features).split(",")
+    if "tfidf_linear" in architectures and "tfidf" not in [f.strip() for f in features]:
+        raise ConfigError(
+            f"{path}: [train] architecture tfidf_linear reads TF-IDF features; set [preprocess] "
+            'features = "sequence,tfidf"'
+        )
     if "model_version" in raw.get("score", {}) and registry_root is None:
         raise ConfigError(
             f"{path}: [score] model_version pins a registry version and needs [registry] root"
@@ -173,7 +182,7 @@ def load_config(path: str) -> RunConfig:
         label_column=str(inputs.get("label_column", "label")),
         id_column=inputs.get("id_column"),
         settings={stage: dict(raw.get(stage, {})) for stage in STAGES},
-        architectures=_architectures(path, raw.get(TRAIN_STAGE, {})),
+        architectures=architectures,
         beam=dict(raw.get("beam", {})),
         allow_missing=inputs.get("allow_missing", False),
         registry_root=registry_root,
@@ -382,9 +391,7 @@ def promote_argv(config: RunConfig, run_dir: str, decision_file: str) -> list[st
     if config.eval_inputs:
         rows = ["--eval_input", *config.eval_inputs, "--text_column", config.text_column,
                 "--label_column", config.label_column]  # fmt: skip
-        delimiter = config.settings[PREPROCESS_STAGE].get("label_delimiter")
-        if delimiter is not None:
-            rows += ["--label_delimiter", str(delimiter)]
+        rows += _reading_flags(config)
     else:
         rows = ["--eval_data", dirs[PREPROCESS_STAGE]]
     return [
@@ -408,7 +415,15 @@ def evaluate_argv(config: RunConfig, model_dir: str, output: str) -> list[str]:
     """`textclf evaluate`'s command line: one model on the run's scored inputs, by label."""
     argv = ["--model_dir", model_dir, "--input", *config.score_inputs,
             "--text_column", config.text_column, "--label_column", config.label_column]  # fmt: skip
-    delimiter = config.settings[PREPROCESS_STAGE].get("label_delimiter")
-    if delimiter is not None:
-        argv += ["--label_delimiter", str(delimiter)]
-    return [*argv, "--output", output]
+    return [*argv, *_reading_flags(config), "--output", output]
+
+
+def _reading_flags(config: RunConfig) -> list[str]:
+    """How [preprocess] reads the corpus (label delimiter, format, CSV delimiter), for the gate's
+    and `textclf evaluate`'s readers of a fixed set of files."""
+    section = config.settings[PREPROCESS_STAGE]
+    return [
+        f"--{key}={section[key]}"
+        for key in ("label_delimiter", "format", "csv_delimiter")
+        if section.get(key) is not None
+    ]

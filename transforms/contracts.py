@@ -105,6 +105,7 @@ RUN_LOCK_FILE = ".run.lock"  # flock()ed by the run that holds <root>/<run_date>
 # loads (saved_model.pb, variables/, assets/ directly inside, textclf's metadata files beside
 # them); <root>/CHAMPION names the version in use; versions are never overwritten.
 CHAMPION_FILE = "CHAMPION"
+CHAMPION_HISTORY_FILE = "CHAMPION.history"  # one JSON line per pointer write, oldest first
 REGISTRY_RECORD_FILE = "registry.json"  # in <root>/<N>/: where the version came from, its gate
 REGISTRY_LOCK_FILE = ".registry.lock"  # flock()ed while a version is published or promoted
 PROMOTION_FILE = "promotion.json"  # in a run directory: the gate's decision for its model

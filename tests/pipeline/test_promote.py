@@ -235,6 +235,20 @@ def test_a_promotion_cut_short_before_the_pointer_is_finished_by_its_rerun(data,
 
 
 @pytest.mark.slow
+def test_a_champion_rolled_back_by_hand_stays_when_the_promotion_is_rerun(
+    data, better, two_promotions, tmp_path
+):
+    root = str(tmp_path / "registry")
+    shutil.copytree(two_promotions[0], root)
+    Registry(root).set_champion(1)  # an operator rolls back from v2 to v1
+
+    decision = _promote(better, root, "--eval_data", data[1])  # v2's candidate, rerun
+
+    assert decision["already_published"] is True and decision["version"] == 2
+    assert Registry(root).champion() == 1 and decision["champion_after"] == 1
+
+
+@pytest.mark.slow
 def test_a_fixed_evaluation_set_uses_every_valid_row_and_compares_labels_by_name(
     data, trained, tmp_path
 ):

@@ -253,3 +253,81 @@ def test_the_scheduled_config_and_the_readme_commands_hold(tmp_path):
     for line in commands:
         args = shlex.split(line.split("textclf run", 1)[1])
         run.run_dates(run.build_parser().parse_args(args))  # a valid date or range
+
+
+def test_a_literal_brace_is_a_brace_in_every_pattern(tmp_path, monkeypatch):
+    fake = RecordingStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    braces = tmp_path / "in" / "{x}"
+    braces.mkdir(parents=True)
+    _corpus(braces / "train.parquet", 40, seed=1)
+    _corpus(braces / "score.parquet", 10, seed=2)
+    path = tmp_path / "job.toml"
+    path.write_text(
+        '[inputs]\ntrain = "in/{{x}}/train.parquet"\nscore = "in/{{x}}/score.parquet"\n'
+    )
+    argv = ["--config", str(path), "--root", str(tmp_path / "runs"), "--run_date", DATES[0]]
+    assert run.main(argv) == 0
+    assert _inputs(fake.argvs, "preprocess") == [str(braces / "train.parquet")]
+
+
+def test_a_backfill_redoes_a_date_whose_stages_are_older_than_their_input(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    fake = RecordingStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    argv = ["--config", _dated_config(tmp_path), "--root", str(root)]
+    assert run.main([*argv, "--from", DATES[0], "--to", DATES[1]]) == 0
+    # Preprocess of the first date redone alone: the date is "complete" for what was selected,
+    # but its model and scores are now older than its data.
+    assert run.main([*argv, "--run_date", DATES[0], "--stages", "preprocess", "--force"]) == 0
+    assert (root / DATES[0] / SUCCESS_FILE).exists()
+    calls = len(fake.calls)
+    assert run.main([*argv, "--from", DATES[0], "--to", DATES[1], "--stages", "train,score"]) == 0
+    assert fake.calls[calls:] == ["train", "score"]  # the first date again; the second skipped
+
+
+def test_a_date_skipped_for_missing_files_keeps_what_earlier_runs_recorded(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    fake = RecordingStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    config = _dated_config(tmp_path, extra_inputs="allow_missing = true")
+    argv = ["--config", config, "--root", str(root), "--run_date", DATES[0]]
+    assert run.main([*argv, "--stages", "preprocess,train"]) == 0
+    for f in (tmp_path / "in" / "2024" / "03" / "01").iterdir():
+        f.unlink()  # that day's files to score never arrived
+    assert run.main([*argv, "--stages", "score"]) == 0
+    manifest = _manifest(root, DATES[0])
+    assert manifest["status"] == run.MISSING_INPUTS
+    assert manifest["stages"]["train"]["status"] == "ran"  # still recorded
+    assert "seed" in manifest["models"]
+    assert not (root / DATES[0] / SUCCESS_FILE).exists()
+    assert [i.get("status") for i in manifest["invocations"]][-1] == run.MISSING_INPUTS
+
+
+def test_a_score_only_invocation_keeps_the_architectures_compared(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    fake = RecordingStages()
+    monkeypatch.setattr(run, "call_stage", fake)
+    config = _dated_config(tmp_path)
+    text = (
+        open(config)
+        .read()
+        .replace("[train]\n", '[train]\narchitecture = ["seed", "tfidf_linear"]\n')
+    )
+    text = text.replace("[preprocess]\n", '[preprocess]\nfeatures = "sequence,tfidf"\n')
+    open(config, "w").write(text)
+    argv = ["--config", config, "--root", str(root), "--run_date", DATES[0]]
+    assert run.main([*argv, "--stages", "preprocess,train"]) == 0
+    assert fake.calls == ["preprocess", "train", "train"]
+    assert run.main([*argv, "--stages", "score"]) == 0
+    assert list(_manifest(root, DATES[0])["models"]) == ["seed", "tfidf_linear"]
+
+
+def test_tfidf_linear_without_tfidf_features_is_refused_before_any_work(tmp_path, capsys):
+    config = _dated_config(tmp_path)
+    text = open(config).read().replace("[train]\n", '[train]\narchitecture = "tfidf_linear"\n')
+    open(config, "w").write(text)
+    argv = ["--config", config, "--root", str(tmp_path / "runs"), "--run_date", DATES[0]]
+    assert run.main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'features = "sequence,tfidf"' in err[0]
