@@ -126,6 +126,7 @@ def pipeline(
     epochs: int,
     seed: int,
     architecture: str = "seed",
+    train_flags: tuple[str, ...] = (),
 ) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -166,6 +167,7 @@ def pipeline(
             str(seed),
             "--architecture",
             architecture,
+            *train_flags,
         ],
         [
             "score",
@@ -195,6 +197,13 @@ def main() -> None:
     parser.add_argument(
         "--linear_epochs", type=int, default=20, help="tfidf_linear epochs (default 20)"
     )
+    parser.add_argument(
+        "--hidden_units",
+        type=int,
+        default=0,
+        help="tfidf_linear: one hidden ReLU layer of this size (default 0: none); with it the "
+        "learning rate is 0.003 and dropout 0.5",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--family", choices=("seed", "tfidf", "both"), default="seed")
     parser.add_argument("--workdir", default=None)
@@ -219,10 +228,16 @@ def main() -> None:
         )
         print(f"b - a = {b['accuracy'] - a['accuracy']:+.4f}  (target >= 0)", flush=True)
     if args.family in ("tfidf", "both"):
-        c = pipeline(train, test, work, args.linear_epochs, args.seed, "tfidf_linear")
+        hidden = (
+            ("--hidden_units", str(args.hidden_units), "--dropout", "0.5",
+             "--learning_rate", "0.003", "--early_stopping_patience", "3")
+            if args.hidden_units else ()
+        )  # fmt: skip
+        c = pipeline(train, test, work, args.linear_epochs, args.seed, "tfidf_linear", hidden)
         d = sklearn_reference(train, test)
         print(
             f"TF-IDF 1-{NGRAM_MAX} grams, top {TFIDF_MAX_TOKENS}, min count {TFIDF_MIN_FREQUENCY}"
+            + (f", hidden layer {args.hidden_units}" if args.hidden_units else ", linear head")
         )
         print(
             f"(c) textclf tfidf_linear: preprocess -> train -> score  {c['accuracy']:.4f}"
