@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -69,23 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="labelled files (CSV, JSONL, Parquet, read as preprocess reads them); required",
     )
-    parser.add_argument("--text_column", default="text", help="the text column (default: text)")
-    parser.add_argument("--label_column", default="label", help="the label column (default: label)")
-    parser.add_argument(
-        "--label_delimiter",
-        default=None,
-        help="multi-label model: split string label cells on this (default: none)",
-    )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        help="csv, jsonl or parquet (default: auto, from each file's extension)",
-    )
-    parser.add_argument(
-        "--csv_delimiter",
-        default=None,
-        help="CSV field delimiter (default: a tab for .tsv files, else a comma)",
-    )
+    gate.add_reading_flags(parser)
     parser.add_argument(
         "--output",
         default=None,
@@ -104,16 +87,7 @@ def evaluate(opts: EvaluateOptions, beam_options: PipelineOptions | None = None)
     CorpusError for bad input; nothing is written then)."""
     model_dir, version = resolve_model_dir(opts.model_dir, opts.model_version)
     model = ModelOutput(model_dir).check_complete()
-    rows = gate.fixed_set_rows(
-        opts.input,
-        opts.text_column,
-        opts.label_column,
-        model.multi_label,
-        label_delimiter=opts.label_delimiter,
-        format=opts.format,
-        csv_delimiter=opts.csv_delimiter,
-        beam_options=beam_options,
-    )
+    rows = gate.rows_from_files(opts.input, opts, model.multi_label, beam_options)
     figures = gate.model_figures(model.dir, rows, detail=True)
     result = {
         "model_dir": outputs.normalized(model.dir),
@@ -123,9 +97,7 @@ def evaluate(opts: EvaluateOptions, beam_options: PipelineOptions | None = None)
         "eval": rows.describe(),
         "metrics": figures,
     }
-    if opts.output:
-        if outputs.is_local(opts.output):
-            os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
+    if opts.output:  # (missing local parent directories are created)
         outputs.write_json_atomic(opts.output, result)
     return result
 

@@ -220,6 +220,38 @@ def fixed_set_rows(
     )
 
 
+def add_reading_flags(parser, applies_to: str = "") -> None:
+    """The flags that say how to read labelled files (`textclf promote --eval_input`, `textclf
+    evaluate --input`): columns, label delimiter, format, CSV delimiter, as preprocess names them.
+    `applies_to` prefixes each help text (e.g. "--eval_input: ")."""
+    for flag, default, what in (
+        ("--text_column", "text", "column holding the text (default: text)"),
+        ("--label_column", "label", "column holding the label(s) (default: label)"),
+        ("--label_delimiter", None, "multi-label model: split string label cells on this "
+         "delimiter (default: none; list columns need none)"),
+        ("--format", "auto", "csv, jsonl or parquet (default: auto, from each file's extension)"),
+        ("--csv_delimiter", None, "CSV field delimiter (default: a tab for .tsv files, else a "
+         "comma)"),
+    ):  # fmt: skip
+        parser.add_argument(flag, default=default, help=applies_to + what)
+
+
+def rows_from_files(
+    patterns: list[str], opts, multi_label: bool, beam_options: PipelineOptions | None = None
+) -> EvalRows:
+    """`fixed_set_rows` of `patterns`, read as the `add_reading_flags` flags in `opts` say."""
+    return fixed_set_rows(
+        patterns,
+        opts.text_column,
+        opts.label_column,
+        multi_label,
+        label_delimiter=opts.label_delimiter,
+        format=opts.format,
+        csv_delimiter=opts.csv_delimiter,
+        beam_options=beam_options,
+    )
+
+
 # -- the figures -------------------------------------------------------------------------------
 
 

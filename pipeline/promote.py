@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -91,32 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on every valid row of these files (a fixed evaluation set: CSV, JSONL, "
         "Parquet, read as preprocess reads them); this or --eval_data is required",
     )
-    parser.add_argument(
-        "--text_column",
-        default="text",
-        help="--eval_input: column holding the text (default: text)",
-    )
-    parser.add_argument(
-        "--label_column",
-        default="label",
-        help="--eval_input: column holding the label(s) (default: label)",
-    )
-    parser.add_argument(
-        "--label_delimiter",
-        default=None,
-        help="--eval_input, multi-label candidate: split string label cells on this delimiter "
-        "(default: none; list columns need none)",
-    )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        help="--eval_input: csv, jsonl or parquet (default: auto, from each file's extension)",
-    )
-    parser.add_argument(
-        "--csv_delimiter",
-        default=None,
-        help="--eval_input: CSV field delimiter (default: a tab for .tsv files, else a comma)",
-    )
+    gate.add_reading_flags(parser, applies_to="--eval_input: ")
     parser.add_argument(
         "--metric",
         default="accuracy",
@@ -160,16 +134,7 @@ def eval_rows(opts: PromoteOptions, multi_label: bool, beam_options: PipelineOpt
         )
     if opts.eval_data is not None:
         return gate.eval_split_rows(opts.eval_data, beam_options)
-    return gate.fixed_set_rows(
-        opts.eval_input,
-        opts.text_column,
-        opts.label_column,
-        multi_label,
-        label_delimiter=opts.label_delimiter,
-        format=opts.format,
-        csv_delimiter=opts.csv_delimiter,
-        beam_options=beam_options,
-    )
+    return gate.rows_from_files(opts.eval_input, opts, multi_label, beam_options)
 
 
 def promote(opts: PromoteOptions, beam_options: PipelineOptions | None = None) -> dict:
@@ -239,9 +204,7 @@ def promote(opts: PromoteOptions, beam_options: PipelineOptions | None = None) -
                 n = registry.publish(candidate.dir, {"gate": gate_record})
                 registry.set_champion(n)
             decision.update(version=n, champion_after=n)
-    if opts.decision_file:
-        if outputs.is_local(opts.decision_file):
-            os.makedirs(os.path.dirname(os.path.abspath(opts.decision_file)), exist_ok=True)
+    if opts.decision_file:  # (missing local parent directories are created)
         outputs.write_json_atomic(opts.decision_file, decision)
     return decision
 

@@ -36,3 +36,14 @@ def read_dead_letters(data_dir: str) -> list[dict]:
 def read_lines(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line for line in f.read().split("\n") if line]
+
+
+def file_tree(root) -> dict[str, bytes]:
+    """Every file under `root` by relative path, with its bytes (to show nothing changed)."""
+    out = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out

@@ -24,6 +24,7 @@ from pipeline.artifacts import ModelOutput, PreprocessOutput
 from pipeline.registry import Registry
 from tests.model_fixtures import build_test_model
 from tests.pipeline.test_train import SEQUENCE_LENGTH, TINY, _corpus
+from tests.stage_outputs import file_tree
 from transforms.contracts import (
     CHAMPION_FILE,
     EVAL,
@@ -107,16 +108,6 @@ def two_promotions(data, trained, better, tmp_path_factory) -> tuple[str, dict, 
     return root, first, second
 
 
-def _tree(root) -> dict[str, bytes]:
-    out = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 # -- promotions ----------------------------------------------------------------------------------
 
 
@@ -169,7 +160,7 @@ def test_a_worse_candidate_is_refused_and_the_registry_is_left_byte_for_byte(
 ):
     root = str(tmp_path / "registry")
     shutil.copytree(two_promotions[0], root)
-    before = _tree(root)
+    before = file_tree(root)
     decision_file = str(tmp_path / "run" / PROMOTION_FILE)
 
     code = promote.main(
@@ -180,7 +171,7 @@ def test_a_worse_candidate_is_refused_and_the_registry_is_left_byte_for_byte(
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("refused: worse was not published; the champion stays v2 (")
-    assert _tree(root) == before
+    assert file_tree(root) == before
     with open(decision_file) as f:
         decision = json.load(f)
     assert decision["decision"] == "refused" and decision["version"] is None
@@ -208,7 +199,7 @@ def test_a_rerun_for_a_published_candidate_publishes_nothing(
 ):
     root = str(tmp_path / "registry")
     shutil.copytree(two_promotions[0], root)
-    before = _tree(root)
+    before = file_tree(root)
 
     decision = _promote(better, root, "--eval_data", data[1])
 
@@ -219,7 +210,7 @@ def test_a_rerun_for_a_published_candidate_publishes_nothing(
         2,
     )
     assert "already published as version 2" in decision["reason"]
-    assert _tree(root) == before
+    assert file_tree(root) == before
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from pipeline import registry as registry_module
 from pipeline.artifacts import IncompleteOutput, ModelOutput
 from pipeline.registry import Registry, RegistryError, resolve_model_dir
 from tests.model_fixtures import build_test_model
+from tests.stage_outputs import file_tree
 from transforms.contracts import (
     CHAMPION_FILE,
     LABELS_TXT,
@@ -65,17 +66,6 @@ def _other_model(tmp_path, model_dir: str, model_version: str) -> str:
     return path
 
 
-def _tree(root) -> dict[str, bytes]:
-    """Every file under `root` by relative path, with its bytes."""
-    out = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def test_a_published_version_is_in_tf_serving_layout_with_textclfs_files_beside(
     model_dir, tmp_path
 ):
@@ -116,7 +106,7 @@ def test_versions_are_never_overwritten_and_a_users_numbered_folder_is_skipped(m
     root = tmp_path / "registry"
     registry = Registry(str(root))
     assert registry.publish(model_dir) == 1
-    first = _tree(root / "1")
+    first = file_tree(root / "1")
     (root / "3").mkdir()
     (root / "3" / "notes.txt").write_text("mine")
 
@@ -124,8 +114,8 @@ def test_versions_are_never_overwritten_and_a_users_numbered_folder_is_skipped(m
 
     assert second == 4
     assert registry.versions() == [1, 4]
-    assert _tree(root / "3") == {"notes.txt": b"mine"}
-    assert _tree(root / "1") == first
+    assert file_tree(root / "3") == {"notes.txt": b"mine"}
+    assert file_tree(root / "1") == first
     assert registry.record(4)["model_version"] == "reg-v2"
 
 
