@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "tfx-bsl==1.21.0",
     "pyarrow==25.0.1",
     "keras==3.15.1",
+    # keras.callbacks.TensorBoard (train's live logs); same release line as tensorflow.
+    "tensorboard==2.21.0",
     "numpy>=2.0,<3",
     "matplotlib==3.11.2",
 ]
@@ -23,7 +25,13 @@ setup(
     version="0.1.0",
     description="Batch text classification: Beam + tf.Transform preprocessing, Keras training, "
     "Arrow-batched scoring.",
-    python_requires=">=3.10,<3.13",
+    # 3.11 at least: the code reads TOML with tomllib (3.11's standard library). The lock
+    # (requirements.lock) and the images are for 3.11; 3.12 is allowed by the pins but untested.
+    python_requires=">=3.11,<3.13",
+    classifiers=[
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+    ],
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -6,8 +6,9 @@ seed architecture's sizes (sequence 100, vocabulary 20k, Embedding 300 -> Conv1D
   (a) the SavedModel's serving signature called in-process over the same texts, `--batch_size` rows
       per call: the limit for this machine;
   (b) `pipeline.score.score(...)` on the default in-process runner: Parquet in, Parquet out;
-  (c) the usual alternative: ReadFromParquet (one dict per row) -> RunInference with a ModelHandler
-      calling the same signature (batched by RunInference's BatchElements) -> WriteToParquet;
+  (c) the usual alternative: ReadFromParquet (one dict per row) -> RunInference with textclf's
+      public ModelHandler (transforms.scoring.TextclfModelHandler: the same signature, one call per
+      batch of RunInference's BatchElements, up to --batch_size) -> WriteToParquet;
 and prints them with b/a, b/c and the per-row cost beyond the model call (1/rate - 1/rate_a).
 Then it scores the corpus at 1x and `--rss_multiplier`x rows, each in a fresh subprocess, and prints
 the peak RSS of each. Not a test: nothing here asserts; the targets are printed beside the numbers.
@@ -116,44 +117,15 @@ def textclf_score(model_dir: str, corpus: str, out: str, batch_size: int) -> flo
     return stats["rows_read"] / (time.perf_counter() - start)
 
 
-class SignatureModelHandler:
-    """The usual per-row ModelHandler around the same serving signature (built lazily so this
-    module imports without Beam's ML extras)."""
-
-    @staticmethod
-    def create(model_dir: str, max_batch_size: int):
-        from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-
-        class _Handler(ModelHandler):
-            def load_model(self):
-                import tensorflow as tf
-
-                return tf.saved_model.load(os.path.join(model_dir, SAVED_MODEL_DIR)).signatures[
-                    SERVING_SIGNATURE
-                ]
-
-            def run_inference(self, batch, model, inference_args=None):
-                import tensorflow as tf
-
-                probs = model(**{SERVING_INPUT: tf.constant(batch)})[OUT_PROBABILITIES].numpy()
-                return [PredictionResult(x, p) for x, p in zip(batch, probs, strict=True)]
-
-            def batch_elements_kwargs(self):
-                return {"max_batch_size": max_batch_size}
-
-        return _Handler()
-
-
 def _row_output(keyed):
     row, result = keyed
-    probs = result.inference
-    top = int(np.argmax(probs))
+    inference = result.inference
     out = dict(row)
     out.update(
         {
-            PREDICTED_LABEL_COLUMN: CLASSES[top],
-            SCORE_COLUMN: float(probs[top]),
-            PROBABILITIES_COLUMN: [float(p) for p in probs],
+            PREDICTED_LABEL_COLUMN: inference[PREDICTED_LABEL_COLUMN],
+            SCORE_COLUMN: inference[SCORE_COLUMN],
+            PROBABILITIES_COLUMN: inference[PROBABILITIES_COLUMN].tolist(),
         }
     )
     return out
@@ -166,6 +138,7 @@ def run_inference_per_row(model_dir: str, corpus: str, out: str, batch_size: int
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.options import make_pipeline
+    from transforms.scoring import TextclfModelHandler
 
     schema = pq.read_schema(corpus)
     schema = pa.schema(
@@ -176,7 +149,7 @@ def run_inference_per_row(model_dir: str, corpus: str, out: str, batch_size: int
             pa.field(PROBABILITIES_COLUMN, pa.list_(pa.float32())),
         ]
     )
-    handler = KeyedModelHandler(SignatureModelHandler.create(model_dir, batch_size))
+    handler = KeyedModelHandler(TextclfModelHandler(model_dir, max_batch_size=batch_size))
     rows = pq.read_metadata(corpus).num_rows
     start = time.perf_counter()
     p = make_pipeline(PipelineOptions([]))

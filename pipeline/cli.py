@@ -44,16 +44,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch text classification with Apache Beam, tf.Transform and Keras.",
         epilog="Beam pipeline flags (--runner, --direct_num_workers, --temp_location, ...) are "
         "passed through to PipelineOptions by the stages that run Beam; a flag that neither the "
-        "command nor Beam declares is refused (exit 2).",
+        "command nor Beam declares is refused (exit 2). Environment: TEXTCLF_PROGRESS_SECONDS, "
+        "the seconds between the progress lines that preprocess and score log while they read "
+        "(default 30; 0: none); TEXTCLF_CACHE, where `datasets` caches the corpora (default "
+        "~/.cache/textclf).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print textclf's version and those of the packages it runs on, then exit",
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        help="one of these; `textclf COMMAND --help` lists its flags",
+    )
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def version_text() -> str:
+    """`textclf <version>`, then the versions of Python and the packages that decide a stage's
+    output (pipeline/versions.py: the list the model card and the run manifest record)."""
+    from pipeline.versions import package_versions
+
+    versions = package_versions()
+    own = versions.pop("textclf") or "(not installed: run `pip install -e .`)"
+    others = ", ".join(f"{name} {version}" for name, version in versions.items() if version)
+    return f"textclf {own}\n{others}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:
+        print(version_text())
+        return 0
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -65,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         parser.print_help()
         return 0
+    from transforms.progress import progress_seconds
+
+    try:  # a bad setting is refused before any work, as a bad flag is
+        progress_seconds()
+    except ValueError as err:
+        print(f"textclf {argv[0]}: {err}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

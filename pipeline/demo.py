@@ -149,9 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prepare 20 Newsgroups, train on its train split, score its test split and "
         "print the test accuracy; everything under ROOT.",
     )
-    parser.add_argument("--root", default="demo", help="where data, runs and the config go")
     parser.add_argument(
-        "--epochs", type=int, default=None, help="override [train] epochs of the demo config"
+        "--root", default="demo", help="where data, runs and the config go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override [train] epochs of the demo config (default: the config's)",
     )
     parser.add_argument(
         "--run_date",
@@ -159,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=_dt.datetime.now(_dt.UTC).date().isoformat(),
         help="YYYY-MM-DD (default: today, UTC)",
     )
-    parser.add_argument("--force", action="store_true", help="redo stages that already finished")
+    parser.add_argument(
+        "--force", action="store_true", help="redo stages that already finished; off by default"
+    )
     return parser
 
 

@@ -35,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # flags match exactly, as every stage's do (pipeline/options.py)
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model_dir", help="a finished `textclf train` output")
-    source.add_argument("--data_dir", help="a finished preprocess output (no training needed)")
+    source.add_argument(
+        "--model_dir", help="a finished `textclf train` output (this or --data_dir is required)"
+    )
+    source.add_argument(
+        "--data_dir",
+        help="a finished preprocess output, no training needed (this or --model_dir is required)",
+    )
     add_model_arguments(parser)
     return parser
 

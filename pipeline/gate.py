@@ -31,6 +31,7 @@ from pipeline import outputs
 from pipeline.artifacts import PreprocessOutput
 from pipeline.options import make_pipeline
 from transforms.contracts import EVAL, RAW_LABEL_KEY, SPLIT_KEY, TEXT_KEY
+from transforms.corpus_io import add_format_flags
 
 _LOG = logging.getLogger("textclf.promote")
 
@@ -229,11 +230,9 @@ def add_reading_flags(parser, applies_to: str = "") -> None:
         ("--label_column", "label", "column holding the label(s) (default: label)"),
         ("--label_delimiter", None, "multi-label model: split string label cells on this "
          "delimiter (default: none; list columns need none)"),
-        ("--format", "auto", "csv, jsonl or parquet (default: auto, from each file's extension)"),
-        ("--csv_delimiter", None, "CSV field delimiter (default: a tab for .tsv files, else a "
-         "comma)"),
     ):  # fmt: skip
         parser.add_argument(flag, default=default, help=applies_to + what)
+    add_format_flags(parser, applies_to)
 
 
 def rows_from_files(

@@ -81,6 +81,8 @@ class PreprocessOptions(argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     """The stage's own flags, the one source of them (the CLI, `textclf run`, the templates)."""
+    from transforms.corpus_io import add_format_flags
+
     parser = argparse.ArgumentParser(
         prog="textclf preprocess",
         description="Corpus (CSV, JSONL, Parquet) -> padded, split, gzipped TFRecords and the "
@@ -101,85 +103,82 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="output directory; written to a staging dir, then finalized; required",
     )
-    parser.add_argument("--text_column", default="text", help="column holding the text")
-    parser.add_argument("--label_column", default="label", help="column holding the label(s)")
+    parser.add_argument(
+        "--text_column", default="text", help="column holding the text (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--label_column", default="label", help="column holding the label(s) (default: %(default)s)"
+    )
     parser.add_argument(
         "--id_column",
         default=None,
-        help="optional column whose value decides the split (else the text)",
+        help="column whose value decides the split (default: none, the text decides)",
     )
-    parser.add_argument(
-        "--format",
-        default="auto",
-        choices=("auto", "csv", "jsonl", "parquet"),
-        help="input format (default: from each file's extension)",
-    )
-    parser.add_argument(
-        "--csv_delimiter",
-        default=None,
-        help="CSV field delimiter (default: a tab for .tsv files, else a comma)",
-    )
+    add_format_flags(parser)  # --format, --csv_delimiter: as score declares them
     parser.add_argument(
         "--multi_label",
         action="store_true",
-        help="several labels per row (list column or --label_delimiter)",
+        help="several labels per row (list column or --label_delimiter); off by default",
     )
     parser.add_argument(
         "--label_delimiter",
         default=None,
-        help="multi-label: split string label cells on this delimiter",
+        help="multi-label: split string label cells on this (default: none: a cell is one label)",
     )
     parser.add_argument(
         "--max_tokens",
         type=int,
         default=20000,
-        help="vocabulary size cap, most frequent first (0: no cap)",
+        help="vocabulary size cap, most frequent first (0: no cap; default: %(default)s)",
     )
     parser.add_argument(
-        "--min_frequency", type=int, default=1, help="drop tokens seen fewer times than this"
+        "--min_frequency",
+        type=int,
+        default=1,
+        help="drop tokens seen fewer times than this (default: %(default)s)",
     )
     parser.add_argument(
         "--sequence_length",
         type=int,
         default=100,
-        help="pad/truncate every text to this many token ids",
+        help="pad/truncate every text to this many token ids (default: %(default)s)",
     )
     parser.add_argument(
         "--num_oov_buckets",
         type=int,
         default=1,
-        help="hash buckets for out-of-vocabulary tokens",
+        help="hash buckets for out-of-vocabulary tokens (default: %(default)s)",
     )
     parser.add_argument(
         "--eval_fraction",
         type=float,
         default=0.1,
-        help="fraction of rows in the eval split (stable hash)",
+        help="fraction of rows in the eval split, by a stable hash (default: %(default)s)",
     )
     parser.add_argument(
         "--lowercase",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="lowercase text (Unicode) before tokenizing",
+        help="lowercase text (Unicode) before tokenizing (default: on; --no-lowercase keeps case)",
     )
     parser.add_argument(
         "--strip_punctuation",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="turn Unicode punctuation and symbols into spaces (e-mail -> e mail)",
+        help="turn Unicode punctuation and symbols into spaces (e-mail -> e mail); off by default",
     )
     parser.add_argument(
         "--vocabulary_path",
         default="fast",
         choices=("fast", "textbook"),
         help="vocabulary analyzer: pyarrow-counted (fast) or "
-        "tft.compute_and_apply_vocabulary (textbook); same output",
+        "tft.compute_and_apply_vocabulary (textbook); same output (default: %(default)s)",
     )
     parser.add_argument(
         "--batch_rows",
         type=int,
         default=8192,
-        help="rows per record batch handed to tf.Transform",
+        help="rows per record batch handed to tf.Transform (default: %(default)s)",
     )
     parser.add_argument(
         "--features",

@@ -585,10 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="TOML config ([inputs], [preprocess], [train], [score], [beam], [registry], "
         "[promotion]); relative paths are relative to it; input patterns may hold {run_date} "
-        "or {run_date:%%Y/%%m/%%d}",
+        "or {run_date:%%Y/%%m/%%d}; required",
     )
     parser.add_argument(
-        "--root", required=True, help="root of the run directories (one run at a time per root)"
+        "--root",
+        required=True,
+        help="root of the run directories, one run at a time per root; required",
     )
     dates = parser.add_mutually_exclusive_group()
     dates.add_argument(

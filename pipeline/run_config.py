@@ -32,6 +32,7 @@ from transforms.contracts import (
     STAGES,
     TRAIN_STAGE,
 )
+from transforms.corpus_io import CorpusError, format_for
 
 STAGE_MODULES = {
     PREPROCESS_STAGE: "pipeline.preprocess",
@@ -373,6 +374,8 @@ def stage_argvs(config: RunConfig, run_dir: str) -> dict[str, list[str]]:
         section = config.settings[stage]
         if stage == TRAIN_STAGE:
             section = train_section(config, (config.architectures or (None,))[0])
+        if stage == SCORE_STAGE:  # read as `textclf evaluate` reads the same files
+            section = {**_score_reading(config), **section}
         own = _checked(stage, parser, run_flags[stage], section, config.beam, stage)
         beam = flags_from_mapping(parser, config.beam) if stage in BEAM_STAGES else []
         argvs[stage] = (own, beam)
@@ -415,7 +418,34 @@ def evaluate_argv(config: RunConfig, model_dir: str, output: str) -> list[str]:
     """`textclf evaluate`'s command line: one model on the run's scored inputs, by label."""
     argv = ["--model_dir", model_dir, "--input", *config.score_inputs,
             "--text_column", config.text_column, "--label_column", config.label_column]  # fmt: skip
-    return [*argv, *_reading_flags(config), "--output", output]
+    # The score inputs are read as score reads them (_score_reading).
+    section = config.settings[PREPROCESS_STAGE]
+    label = [f"--label_delimiter={section['label_delimiter']}"] if section.get(
+        "label_delimiter") is not None else []  # fmt: skip
+    reading = {**_score_reading(config), **{
+        k: v for k, v in config.settings[SCORE_STAGE].items()
+        if k in ("format", "csv_delimiter") and v is not None}}  # fmt: skip
+    return [*argv, *label, *(f"--{k}={v}" for k, v in reading.items()), "--output", output]
+
+
+def _score_reading(config: RunConfig) -> dict:
+    """How the score inputs are read unless [score] says: [preprocess]'s CSV delimiter, and
+    its format only when a score pattern's extension does not name one (a CSV-trained model
+    may score Parquet files)."""
+    reading = _preprocess_reading(config, ("format", "csv_delimiter"))
+    try:
+        for pattern in config.score_inputs:
+            format_for(pattern)
+        reading.pop("format", None)  # every extension says its format
+    except CorpusError:
+        pass
+    return reading
+
+
+def _preprocess_reading(config: RunConfig, keys: tuple[str, ...]) -> dict:
+    """The [preprocess] settings among `keys` that the config sets."""
+    section = config.settings[PREPROCESS_STAGE]
+    return {key: section[key] for key in keys if section.get(key) is not None}
 
 
 def _reading_flags(config: RunConfig) -> list[str]:

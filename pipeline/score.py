@@ -1,4 +1,4 @@
-"""`textclf score`: Parquet + a model directory -> scored Parquet, with dead letters and stats.
+"""`textclf score`: CSV/JSONL/Parquet + a model directory -> scored Parquet, dead letters, stats.
 
 This module owns the scoring stage's flags (`ScoreOptions`), the checks made before any Beam work
 (model directory complete, inputs match, text column present and string-typed, pass-through columns
@@ -18,6 +18,7 @@ inference itself lives in `transforms/scoring.py`. `score(...)` is the library e
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import logging
 import os
@@ -53,6 +54,7 @@ from transforms.contracts import (
     STATS_FILE,
     TRAINING_PROFILE_FILE,
 )
+from transforms.corpus_io import CorpusError, add_format_flags, format_for, passthrough_schema
 from transforms.drift import DRIFT, compare, scoring_profile
 from transforms.score_graph import (
     DEAD_LETTERED,
@@ -86,6 +88,8 @@ class ScoreOptions(argparse.Namespace):
     model_dir: str
     model_version: int | None
     input: list[str]
+    format: str
+    csv_delimiter: str | None
     output: str
     text_column: str
     id_column: str | None
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The stage's own flags, the one source of them (the CLI, `textclf run`, the templates)."""
     parser = argparse.ArgumentParser(
         prog="textclf score",
-        description="Apply a textclf model to Parquet files with Apache Beam, batch by batch.",
+        description="Apply a textclf model to CSV, JSONL or Parquet files with Apache Beam, "
+        "batch by batch; the scores are Parquet.",
         epilog=BEAM_FLAGS_HELP,
         allow_abbrev=False,
     )
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_dir",
         required=True,
         help="a finished training-stage model directory, or a model registry root (its "
-        "CHAMPION version is used; see --model_version)",
+        "CHAMPION version is used; see --model_version); required",
     )
     parser.add_argument(
         "--model_version",
@@ -122,18 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         required=True,
-        help="Parquet file pattern(s), local or any Beam filesystem (gs://...)",
+        help="CSV, JSONL or Parquet file pattern(s), local or any Beam filesystem (gs://...); "
+        "read as preprocess reads them (see --format); required",
     )
+    add_format_flags(parser)  # --format, --csv_delimiter: as preprocess declares them
     parser.add_argument(
         "--output",
         required=True,
-        help="output directory PREFIX/: part-*.parquet, dead_letter-*.parquet, stats.json",
+        help="output directory PREFIX/: part-*.parquet, dead_letter-*.parquet, stats.json; "
+        "required",
     )
     parser.add_argument(
-        "--text_column", required=True, help="the column holding the text to classify"
+        "--text_column", required=True, help="the column holding the text to classify; required"
     )
     parser.add_argument(
-        "--id_column", default=None, help="a row id column; always kept in the outputs"
+        "--id_column",
+        default=None,
+        help="a row id column, always kept in the outputs (default: none)",
     )
     parser.add_argument(
         "--batch_size",
@@ -189,19 +199,38 @@ def _match_inputs(patterns: Sequence[str]) -> list[str]:
             raise ScoreInputError(f"cannot list input '{pattern}': {err}") from err
         if not matched:
             raise ScoreInputError(
-                f"no input files match '{pattern}'; pass Parquet files or a glob such as "
-                "'data/*.parquet'"
+                f"no input files match '{pattern}'; pass CSV, JSONL or Parquet files or a glob "
+                "such as 'data/*.parquet'"
+            )
+        magic = [path for path in matched if glob.has_magic(path.rsplit("/", 1)[-1])]
+        if magic:  # Beam's readers match each file's name again, as a pattern
+            raise ScoreInputError(
+                f"cannot read '{magic[0]}': its name holds a glob character (*, ? or [), which "
+                "Beam's file readers take as a pattern; rename it"
             )
         files.extend(sorted(matched))
     return list(dict.fromkeys(files))
 
 
-def _read_schema(path: str) -> pa.Schema:
+def _formats(files: Sequence[str], fmt: str) -> dict[str, str]:
+    """{file: its format}: `fmt`, or from each file's extension for "auto" (as preprocess)."""
     try:
+        return {path: format_for(path, None if fmt == "auto" else fmt) for path in files}
+    except CorpusError as err:
+        raise ScoreInputError(str(err)) from None
+
+
+def _read_schema(path: str, fmt: str = "parquet", csv_delimiter: str | None = None) -> pa.Schema:
+    """The file's columns as score keeps them: a Parquet footer's schema; a CSV header's
+    columns as strings, a JSONL file's keys (corpus_io.passthrough_schema)."""
+    try:
+        if fmt != "parquet":
+            return passthrough_schema(path, fmt, csv_delimiter)
         with FileSystems.open(path) as f:
             return pq.read_schema(f)
     except Exception as err:  # noqa: BLE001
-        raise ScoreInputError(f"cannot read a Parquet schema from {path}: {err}") from err
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ScoreInputError(f"cannot read {path} as {fmt}: {first}") from err
 
 
 def _passthrough_schema(
@@ -468,11 +497,15 @@ def score(
     max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION,
     beam_args: Sequence[str] | PipelineOptions | None = None,
     model_version: int | None = None,
+    format: str = "auto",
+    csv_delimiter: str | None = None,
 ) -> dict:
     """Score `inputs` with the model in `model_dir` into the directory `output`; return stats.
 
     `model_dir` may be a model registry root (pipeline/registry.py): its champion scores, or
     version `model_version` when given; stats.json names the version (`registry_version`).
+    `inputs` are CSV, JSONL or Parquet files of `format` ("auto": from each file's extension),
+    read as preprocess reads them (`csv_delimiter`: None for a tab in .tsv files, else a comma).
 
     `threshold` None means the model's own multi-label threshold (model_card.json). The job
     fails in its last step, publishing nothing, when more than `max_dead_letter_fraction` of
@@ -509,8 +542,11 @@ def score(
     model = _load_model_info(model_dir)
     training_profile, no_profile_reason = _training_profile(model_dir)
     files = _match_inputs(inputs)
+    formats = _formats(files, format)
     with ThreadPoolExecutor(8) as pool:
-        schemas = list(pool.map(_read_schema, files))
+        schemas = list(
+            pool.map(lambda path: _read_schema(path, formats[path], csv_delimiter), files)
+        )
     passthrough = _passthrough_schema(files, schemas, text_column, id_column, columns, model)
 
     header = {
@@ -536,8 +572,16 @@ def score(
     started = outputs.now()
     try:
         p = make_pipeline(options)
+        delimited = tuple((path, fmt) for path, fmt in formats.items() if fmt != "parquet")
+        parquet = [path for path, fmt in formats.items() if fmt == "parquet"]
+        if delimited:  # a CSV/JSONL row may lack a value that a Parquet footer says is required
+            passthrough = pa.schema([field.with_nullable(True) for field in passthrough])
         stage = ScoreSettings(
-            inputs=tuple(dict.fromkeys(inputs)),
+            # Parquet files are read by pattern, unless a pattern also matches CSV or JSONL.
+            inputs=tuple(dict.fromkeys(inputs)) if not delimited else (),
+            parquet_files=tuple(parquet) if delimited else (),
+            delimited=delimited,
+            csv_delimiter=csv_delimiter,
             output_dir=staging,
             model=model,
             text_column=text_column,
@@ -590,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_dead_letter_fraction=args.max_dead_letter_fraction,
             beam_args=beam_options,
             model_version=args.model_version,
+            format=args.format,
+            csv_delimiter=args.csv_delimiter,
         )
     except ScoreInputError as err:
         print(f"textclf score: {err}", file=sys.stderr)

@@ -4,7 +4,8 @@ This module wires the training stage: it parses its flags (`build_parser`), chec
 (read through pipeline/artifacts.py's `PreprocessOutput`: `_SUCCESS`, `preprocess_config.json`,
 the rows per split in `stats.json`, the TF-IDF features when `--architecture tfidf_linear` needs
 them) and the head/loss pairing before any training, builds the tf.data input
-(transforms/training_data.py) and the Keras model of the chosen family (transforms/model.py), fits with
+(transforms/training_data.py) and the Keras model of the chosen family (transforms/model.py), fits (in
+one process, over the local devices or across workers: `--distribution`, pipeline/distribution.py) with
 per-epoch progress, TensorBoard logs and early stopping (a killed run's rerun resumes from its
 last finished epoch: pipeline/training_backup.py), then writes the model directory under a staging dir and
 finalizes it with `_SUCCESS` last. The model, the input pipeline and the metrics live in
@@ -20,11 +21,14 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Sequence
 
-from pipeline import outputs
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import distribution, outputs
 from pipeline.artifacts import IncompleteOutput, PreprocessOutput
 from pipeline.options import parse_own_flags
 from pipeline.training_backup import (
@@ -68,6 +72,9 @@ from transforms.model import (
 
 log = logging.getLogger(__name__)
 
+# Vertex AI custom training with a TensorBoard instance sets this to where it reads logs from.
+VERTEX_TENSORBOARD_ENV = "AIP_TENSORBOARD_LOG_DIR"
+
 
 class BadInput(ValueError):
     """Input the user can fix (exit 2): a missing or unfinished directory, a refused pairing."""
@@ -85,7 +92,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{TFIDF_LINEAR} = an L2-regularised softmax/sigmoid head over the sparse TF-IDF "
         "features (preprocess with --features sequence,tfidf)",
     )
-    group.add_argument("--embedding_dim", type=int, default=defaults.embedding_dim)
+    group.add_argument(
+        "--embedding_dim",
+        type=int,
+        default=defaults.embedding_dim,
+        help=f"{SEED} only: size of each token's embedding vector (default: %(default)s)",
+    )
     group.add_argument(
         "--dropout",
         type=float,
@@ -93,10 +105,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"dropout rate (default {defaults.dropout}): {SEED} after the embedding, "
         f"{TFIDF_LINEAR} after its hidden layer (none without one)",
     )
-    group.add_argument("--filters", type=int, default=defaults.filters, help="Conv1D filters")
-    group.add_argument("--kernel_size", type=int, default=defaults.kernel_size)
-    group.add_argument("--pool_size", type=int, default=defaults.pool_size)
-    group.add_argument("--lstm_units", type=int, default=defaults.lstm_units)
+    group.add_argument(
+        "--filters",
+        type=int,
+        default=defaults.filters,
+        help=f"{SEED} only: Conv1D filters (default: %(default)s)",
+    )
+    group.add_argument(
+        "--kernel_size",
+        type=int,
+        default=defaults.kernel_size,
+        help=f"{SEED} only: Conv1D window, in tokens (default: %(default)s)",
+    )
+    group.add_argument(
+        "--pool_size",
+        type=int,
+        default=defaults.pool_size,
+        help=f"{SEED} only: max-pooling window after the Conv1D (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lstm_units",
+        type=int,
+        default=defaults.lstm_units,
+        help=f"{SEED} only: units of the LSTM (default: %(default)s)",
+    )
     group.add_argument(
         "--l2",
         type=float,
@@ -127,7 +159,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=0.5,
-        help="multi-label decision threshold on each class's probability",
+        help="multi-label decision threshold on each class's probability (default: %(default)s)",
     )
 
 
@@ -142,6 +174,8 @@ class TrainOptions(argparse.Namespace):
     early_stopping_patience: int
     seed: int
     shuffle_buffer: int
+    tensorboard_dir: str  # "": tensorboard_dir() picks the default
+    distribution: str  # pipeline/distribution.py: none, mirrored, multi_worker
     # add_model_arguments:
     architecture: str
     embedding_dim: int
@@ -176,7 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most epochs to fit (early stopping may end sooner); default by "
         "--architecture: " + ", ".join(f"{arch} {n}" for arch, n in DEFAULT_EPOCHS.items()),
     )
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=64,
+        help="examples per step and model replica: one replica but under --distribution "
+        "mirrored/multi_worker, where a step reads --batch_size x replicas (default: "
+        "%(default)s)",
+    )
     parser.add_argument(
         "--learning_rate",
         type=float,
@@ -188,10 +229,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--early_stopping_patience",
         type=int,
         default=2,
-        help="epochs without a lower eval loss before stopping (best weights are kept)",
+        help="epochs without a lower eval loss before stopping, best weights kept (default: "
+        "%(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--shuffle_buffer", type=int, default=10_000)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of the weights' initialisation and the shuffling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shuffle_buffer",
+        type=int,
+        default=10_000,
+        help="training examples held in the shuffle buffer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tensorboard_dir",
+        default="",
+        help="also write TensorBoard logs live here while training runs (local or gs://; "
+        "outside --model_dir); default: $" + VERTEX_TENSORBOARD_ENV + " when set (Vertex AI), "
+        "else none. They always go live to logs/ in the training backup beside --model_dir, "
+        "which the model's logs/ copies",
+    )
+    parser.add_argument(
+        "--distribution",
+        choices=distribution.DISTRIBUTIONS,
+        default=distribution.NONE,
+        help=distribution.HELP,
+    )
     add_model_arguments(parser)
     return parser
 
@@ -272,46 +338,72 @@ class TrainResult:
     model_card: dict
 
 
-def _epoch_event_logger(log_dir: str, replay: dict | None = None):
-    """A Keras callback writing per-epoch scalars as TensorBoard event files.
-
-    Keras's own TensorBoard callback needs the `tensorboard` package for `tf.summary.scalar`;
-    the pinned install does not carry it, so this writes the same `logs/train` and
-    `logs/validation` runs (tags `epoch_<metric>`, scalars plugin) with TF core's
-    `tf.summary.write`, which any TensorBoard reads. `replay` (a history, `{metric: [per
-    epoch]}`) is written first, as epochs 0.., when training resumes: the killed run's event
-    files died with its staging dir, and the logs must hold every epoch once.
-    """
+def tensorboard_callback(log_dir: str):
+    """Keras's TensorBoard callback writing per-epoch scalars (`logs/train`, `logs/validation`,
+    tags `epoch_<metric>`) to `log_dir`, flushed at every epoch end so TensorBoard shows a
+    running training live and a killed run keeps the epochs it finished. No graph, histograms
+    or per-batch scalars: a resumed run appends its epochs to the same files' directory."""
     import keras
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
 
-    scalars = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-    ).SerializeToString()
-
-    class EpochEventLogger(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.writers = {
-                run: tf.summary.create_file_writer(os.path.join(log_dir, run))
-                for run in ("train", "validation")
-            }
-            for epoch in range(len((replay or {}).get("loss", []))):
-                self.on_epoch_end(epoch, {k: v[epoch] for k, v in replay.items() if epoch < len(v)})
-
+    class LiveTensorBoard(keras.callbacks.TensorBoard):
         def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-                with self.writers[run].as_default():
-                    tf.summary.write(
-                        f"epoch_{name}", tf.constant(float(value)), step=epoch, metadata=scalars
-                    )
+            super().on_epoch_end(epoch, logs)
+            for writer in self._writers.values():
+                writer.flush()
 
-        def on_train_end(self, logs=None):
-            for writer in self.writers.values():
-                writer.close()
+    return LiveTensorBoard(log_dir=log_dir, write_graph=False, update_freq="epoch")
 
-    return EpochEventLogger()
+
+def tensorboard_dirs(opts: argparse.Namespace) -> list[str]:
+    """Where live TensorBoard logs go while training runs: always `logs/` in the training
+    backup beside --model_dir (kept across a kill, so a resumed run's logs hold every epoch;
+    copied into the model's `logs/` at export), and also --tensorboard_dir, else Vertex AI's
+    AIP_TENSORBOARD_LOG_DIR when set (only ever written to: never copied, cleaned or removed)."""
+    own = FileSystems.join(outputs.backup_dir(opts.model_dir), LOGS_DIR)
+    extra = opts.tensorboard_dir or os.environ.get(VERTEX_TENSORBOARD_ENV)
+    return [own, extra] if extra else [own]
+
+
+def tensorboard_callbacks(opts: argparse.Namespace) -> list:
+    dirs = tensorboard_dirs(opts)
+    log.info("TensorBoard logs, live: tensorboard --logdir %s", " or ".join(dirs))
+    return [tensorboard_callback(d) for d in dirs]
+
+
+def _check_tensorboard_dir(opts: argparse.Namespace) -> None:
+    """BadInput when --tensorboard_dir is a file, or lies in what train writes and replaces
+    (--model_dir, its staging dirs, its backup): logs there would be deleted with them."""
+    path = opts.tensorboard_dir
+    if not path:
+        return
+    if outputs.is_local(path) and os.path.isfile(path):
+        raise BadInput(f"--tensorboard_dir {path} is a file, not a directory")
+    model_dir = outputs.normalized(opts.model_dir)
+    parent, name = model_dir.rsplit("/", 1) if "/" in model_dir else (".", model_dir)
+    owned = (
+        model_dir + "/",
+        outputs.normalized(outputs.backup_dir(opts.model_dir)) + "/",
+        f"{parent}/.{name}.inprogress-",  # outputs.staging_dir's names
+    )
+    target = outputs.normalized(path) + "/"
+    if target.startswith(owned):
+        raise BadInput(
+            f"--tensorboard_dir {path} is inside --model_dir {opts.model_dir}, its staging dir or "
+            "its training backup, which textclf train replaces or removes; choose another"
+        )
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    """Copy every file under `source` to the same relative path under `destination`: a local
+    tree with shutil, an object-store prefix with Beam's FileSystems."""
+    if outputs.is_local(source):
+        if os.path.isdir(source):
+            shutil.copytree(source, destination, dirs_exist_ok=True)
+        return
+    prefix = source.rstrip("/") + "/"
+    files = [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list]
+    if files:
+        FileSystems.copy(files, [FileSystems.join(destination, f[len(prefix) :]) for f in files])
 
 
 def new_model_version(now: _dt.datetime | None = None) -> str:
@@ -331,25 +423,108 @@ def run_training(opts: argparse.Namespace) -> TrainResult:
     data, head = _check_inputs(opts)
     import keras
 
+    strategy = distribution.make_strategy(opts.distribution)  # before other TensorFlow work
     keras.utils.set_random_seed(opts.seed)  # before the datasets and the model are made
-    datasets = _datasets(opts, data, head)
-    model = _compiled_model(opts, data, head)
+    datasets = _datasets(opts, data, head, strategy)
+    with distribution.scope(strategy):
+        model = _compiled_model(opts, data, head)
+    if opts.distribution == distribution.MULTI_WORKER:
+        return _run_multi_worker(opts, data, head, datasets, model, strategy)
     # A rerun of a killed training resumes after its last finished epoch (TrainingBackup).
     backup = TrainingBackup(opts.model_dir, backup_settings(opts))
     resumed = backup.open()
     staging = outputs.staging_dir(opts.model_dir)
     try:
         history = _fit(opts, model, datasets, backup, resumed, staging)
-        metrics = _evaluate(model, data, head, opts, history)
-        _export(staging, model, data, head, metrics, history, _tfidf_dim(opts, data))
-        card = _model_card(opts, data, head, model, metrics, resumed)
-        _finalize(staging, opts.model_dir, card, data, head, metrics, history)
+        metrics, card = _publish(opts, data, head, model, history, resumed, staging)
     except BaseException:
         outputs.discard(staging)  # the backup stays, for the rerun
         raise
     backup.discard()
     log.info("model %s written to %s", card["model_version"], opts.model_dir)
     return TrainResult(model, metrics, history, card)
+
+
+def _publish(
+    opts: argparse.Namespace,
+    data: PreprocessOutput,
+    head: Head,
+    model,
+    history: dict,
+    resumed: dict | None,
+    staging: str,
+) -> tuple[dict, dict]:
+    """Evaluate, export into `staging` and finalize it onto --model_dir; returns the metrics
+    and the model card."""
+    metrics = _evaluate(model, data, head, opts, history)
+    _export(staging, model, data, head, metrics, history, _tfidf_dim(opts, data))
+    card = _model_card(opts, data, head, model, metrics, resumed)
+    _finalize(staging, opts.model_dir, card, data, head, metrics, history)
+    return metrics, card
+
+
+def _run_multi_worker(
+    opts: argparse.Namespace, data: PreprocessOutput, head: Head, datasets, model, strategy
+) -> TrainResult:
+    """--distribution multi_worker: every worker fits (transforms/distributed_fit.py: Keras's
+    `fit` fails under MultiWorkerMirroredStrategy) with the same early stopping. The chief alone
+    writes: the live TensorBoard logs, then, from an undistributed copy of the trained model
+    (so that nothing it writes waits on the other workers), the same model dir as one process;
+    the other workers wait until it has finalized and write nothing. No resume: a rerun starts
+    from epoch 1 (restoring the same state on every worker is not implemented)."""
+    import keras
+
+    from transforms.distributed_fit import barrier, fit_across_workers
+
+    chief = distribution.is_chief(strategy)
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=opts.early_stopping_patience, restore_best_weights=True
+        )
+    ]
+    if chief:
+        # The backup dir holds the default live logs; its settings.json is written as usual.
+        backup = TrainingBackup(opts.model_dir, backup_settings(opts))
+        if backup.open():
+            log.warning(
+                "--distribution %s does not resume: discarding the training backup %s and "
+                "starting from epoch 1",
+                opts.distribution,
+                backup.dir,
+            )
+            backup.discard()
+            backup.open()
+        callbacks[:0] = tensorboard_callbacks(opts)
+    log.info(
+        "%s of %d workers: training on %d rows, validating on %d, for up to %d epochs",
+        distribution.role(strategy),
+        distribution.workers(strategy),
+        datasets.train_rows,
+        datasets.eval_rows,
+        opts.epochs,
+    )
+    history = fit_across_workers(
+        model, strategy, datasets.train, datasets.eval, opts.epochs, callbacks
+    )
+    if not chief:
+        log.info(
+            "%s: training done; the chief writes %s", distribution.role(strategy), opts.model_dir
+        )
+        barrier(strategy)  # returns once the chief has finalized (fails if the chief fails)
+        return TrainResult(model, {}, history, {})
+    trained = build_model_for(data.config, model_settings(opts), head)  # outside the scope
+    trained.set_weights(model.get_weights())
+    staging = outputs.staging_dir(opts.model_dir)
+    try:
+        _copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
+        metrics, card = _publish(opts, data, head, trained, history, None, staging)
+    except BaseException:
+        outputs.discard(staging)
+        raise
+    backup.discard()
+    log.info("model %s written to %s", card["model_version"], opts.model_dir)
+    barrier(strategy)
+    return TrainResult(trained, metrics, history, card)
 
 
 def _check_inputs(opts: argparse.Namespace) -> tuple[PreprocessOutput, Head]:
@@ -360,6 +535,7 @@ def _check_inputs(opts: argparse.Namespace) -> tuple[PreprocessOutput, Head]:
         outputs.check_replaceable(opts.model_dir, TRAIN_STAGE)
     except outputs.OutputNotReplaceable as err:
         raise BadInput(str(err)) from None
+    _check_tensorboard_dir(opts)
     data = PreprocessOutput(opts.data_dir)
     try:
         data.check_complete()
@@ -396,12 +572,18 @@ def _tfidf_dim(opts: argparse.Namespace, data: PreprocessOutput) -> int | None:
     return data.tfidf_dim if opts.architecture == TFIDF_LINEAR else None
 
 
-def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _Datasets:
+def _datasets(
+    opts: argparse.Namespace, data: PreprocessOutput, head: Head, strategy=None
+) -> _Datasets:
     """The tf.data input (transforms/training_data.py); one-hot targets where the loss needs
-    them."""
+    them. Batches of --batch_size per replica of `strategy` (pipeline/distribution.py); under
+    `multi_worker`, sharded across the workers and of unasserted length (a worker's share)."""
     import tensorflow as tf
 
+    from transforms.distributed_fit import auto_shard
     from transforms.training_data import make_dataset
+
+    batch_size = opts.batch_size * distribution.replicas(strategy)
 
     spec, target_key = data.tft_output.transformed_feature_spec(), _target_key(head)
     one_hot = data.num_classes if head.one_hot_targets else None
@@ -410,7 +592,7 @@ def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _
         data.split_pattern(TRAIN),
         spec,
         target_key,
-        opts.batch_size,
+        batch_size,
         shuffle=True,
         shuffle_buffer=opts.shuffle_buffer,
         seed=opts.seed,
@@ -421,17 +603,29 @@ def _datasets(opts: argparse.Namespace, data: PreprocessOutput, head: Head) -> _
         data.split_pattern(EVAL),
         spec,
         target_key,
-        opts.batch_size,
+        batch_size,
         one_hot_depth=one_hot,
         tfidf_dim=tfidf_dim,
     )
     train_rows, eval_rows = data.rows(TRAIN), data.rows(EVAL)
+    if opts.distribution == distribution.MULTI_WORKER:
+        workers = distribution.workers(strategy)
+        return _Datasets(
+            auto_shard(train_ds, len(_files(data.split_pattern(TRAIN))), workers),
+            auto_shard(eval_ds, len(_files(data.split_pattern(EVAL))), workers),
+            train_rows,
+            eval_rows,
+        )
     return _Datasets(
-        train_ds.apply(tf.data.experimental.assert_cardinality(-(-train_rows // opts.batch_size))),
-        eval_ds.apply(tf.data.experimental.assert_cardinality(-(-eval_rows // opts.batch_size))),
+        train_ds.apply(tf.data.experimental.assert_cardinality(-(-train_rows // batch_size))),
+        eval_ds.apply(tf.data.experimental.assert_cardinality(-(-eval_rows // batch_size))),
         train_rows,
         eval_rows,
     )
+
+
+def _files(pattern: str) -> list[str]:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
 
 
 def _compiled_model(opts: argparse.Namespace, data: PreprocessOutput, head: Head):
@@ -464,7 +658,7 @@ def _fit(
     resumed: dict | None,
     staging: str,
 ) -> dict:
-    """Fit with early stopping, per-epoch TensorBoard logs and `backup` kept after every epoch;
+    """Fit with early stopping, live per-epoch TensorBoard logs and `backup` kept after every epoch;
     when `resumed`, from the epoch after the last one it finished. Returns the history of every
     epoch, the restored ones included."""
     import keras
@@ -473,15 +667,14 @@ def _fit(
         monitor="val_loss", patience=opts.early_stopping_patience, restore_best_weights=True
     )
     backup_state = backup_state_callback(backup, early_stopping, resumed)
-    event_logger = _epoch_event_logger(
-        os.path.join(staging, LOGS_DIR), replay=resumed and resumed["history"]
-    )
     epochs_restored = resumed["epochs_done"] if resumed else 0
     if resumed and (resumed["stopped"] or epochs_restored >= opts.epochs):
-        _restore_finished_fit(model, backup, resumed, event_logger)
+        _restore_finished_fit(model, backup, resumed)
     else:
         callbacks = [
-            event_logger,
+            # First: an epoch's scalars are flushed before the backup records the epoch, so a
+            # killed run's logs hold every epoch a rerun will not redo.
+            *tensorboard_callbacks(opts),
             early_stopping,
             # Weights, optimizer state and the epoch count; loaded (and `fit` started at the
             # next epoch) when `resumed`. Kept after fit: removed after finalize.
@@ -489,6 +682,8 @@ def _fit(
             backup_state,  # after both: see backup_state_callback
         ]
         _fit_remaining_epochs(opts, model, datasets, epochs_restored, callbacks, backup.dir)
+    # The model's own copy of the logs, from the backup (beside --model_dir: same filesystem).
+    _copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
     return backup_state.history  # every epoch, the restored ones included
 
 
@@ -526,9 +721,9 @@ def _fit_remaining_epochs(
     )
 
 
-def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict, event_logger) -> None:
+def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict) -> None:
     """Killed after fitting (while evaluating or exporting): the model gets the best weights,
-    which EarlyStopping would have restored, and the logs the saved history."""
+    which EarlyStopping would have restored (the logs of every epoch are already written)."""
     log.info(
         "training had finished (%d epochs) before the interruption; exporting the best "
         "weights from %s",
@@ -539,8 +734,6 @@ def _restore_finished_fit(model, backup: TrainingBackup, resumed: dict, event_lo
         model.set_weights(backup.read_weights(resumed["best_weights"]))
     else:  # no epoch improved val_loss (NaN from the start): EarlyStopping keeps the last ones
         model.load_weights(os.path.join(backup.keras_dir, KERAS_WEIGHTS_FILE))
-    event_logger.on_train_begin()
-    event_logger.on_train_end()
 
 
 def _evaluate(
@@ -610,6 +803,7 @@ CARD_TRAINING_FLAGS = (
     "early_stopping_patience",
     "seed",
     "shuffle_buffer",
+    "distribution",
 )
 
 
@@ -683,6 +877,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"textclf train: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     # Anything else propagates: pipeline/cli.py prints its traceback and exits 1.
+    if not result.model_card:  # a multi_worker worker other than the chief
+        print(f"training done; the chief wrote {opts.model_dir}")
+        return 0
     summary = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
     print(
         f"model written to {opts.model_dir}: "

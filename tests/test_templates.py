@@ -4,8 +4,13 @@ For templates/preprocess and templates/score: every metadata parameter is a flag
 (read from its own parser, the one its CLI parses) and every stage flag is a parameter; the stage
 refuses to run without exactly the non-optional parameters; each parameter's regexes compile,
 accept the example its helpText documents and reject obviously bad values; the documented
-examples, rewritten by templates/flex_launch.py, parse as the stage's own flags; and every file a
-Dockerfile COPYs or names exists in the repository.
+examples, rewritten by templates/flex_launch.py, parse as the stage's own flags. For the one
+image (templates/Dockerfile, launcher and SDK worker of both templates): every file it COPYs
+exists in the repository, it installs requirements.lock, carries the Flex Template launcher and
+Beam's worker boot of setup.py's Beam release, sets the launcher's environment, and the build
+commands (templates/cloudbuild.yaml, templates/README.md) build that one image and point both
+template specs at it; the image's launcher script picks each template's own stage and defaults
+the workers to the image itself.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.options import parser_flags
 from pipeline.run_config import stage_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
+DOCKERFILE = TEMPLATES / "Dockerfile"
 LAUNCHER_BASE = "gcr.io/dataflow-templates-base/python311-template-launcher-base"
+LAUNCHER_BINARY = "/opt/google/dataflow/python_template_launcher"
+BEAM_SDK_IMAGE = "apache/beam_python3.11_sdk"
 
 
 # Values every parameter's regexes must reject, then per-parameter ones.
@@ -167,43 +176,159 @@ def test_a_bad_switch_value_is_bad_input_before_any_work(capsys):
     assert "multi_label must be true or false, not 'maybe'" in capsys.readouterr().err
 
 
-def dockerfiles() -> list[Path]:
-    return sorted(TEMPLATES.glob("*/Dockerfile"))
+def dockerfile_args(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, re.MULTILINE))
 
 
-def test_there_is_a_dockerfile_and_metadata_per_stage():
+def dockerfile_env(text: str) -> dict[str, str]:
+    return dict(re.findall(r'^ENV (\w+)="?([^"\n]*)"?$', text, re.MULTILINE))
+
+
+def test_there_is_one_image_and_a_metadata_file_per_stage():
+    assert sorted(TEMPLATES.rglob("Dockerfile")) == [DOCKERFILE]
     for stage in STAGES:
-        assert (TEMPLATES / stage / "Dockerfile").is_file()
         assert (TEMPLATES / stage / "metadata.json").is_file()
 
 
-@pytest.mark.parametrize("dockerfile", dockerfiles(), ids=lambda p: p.parent.name)
-def test_every_file_a_dockerfile_copies_exists(dockerfile):
-    copies = re.findall(r"^COPY\s+(?!--)(.+)$", dockerfile.read_text(), re.MULTILINE)
+def test_every_file_the_dockerfile_copies_exists():
+    text = DOCKERFILE.read_text()
+    copies = re.findall(r"^COPY\s+(?!--)(.+)$", text, re.MULTILINE)
     assert copies
     for line in copies:
         *sources, _dest = line.split()
         for source in sources:
-            assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+            assert (ROOT / source).exists(), f"{DOCKERFILE}: COPY {source} does not exist"
+    # BuildKit sends only what the Dockerfile's own ignore file lets through: exactly these.
+    ignore = (TEMPLATES / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    sources = {s.rstrip("/") for line in copies for s in line.split()[:-1]}
+    assert allowed == sources
+    stages = re.findall(r"^FROM \S+ AS (\w+)$", text, re.MULTILINE)
+    for source_stage in re.findall(r"^COPY --from=(\S+) ", text, re.MULTILINE):
+        assert source_stage in stages, f"COPY --from={source_stage}: no such build stage"
+
+
+def test_the_image_is_the_flex_template_launcher_and_the_beam_worker():
+    text = DOCKERFILE.read_text()
+    args, env = dockerfile_args(text), dockerfile_env(text)
+    # Beam's worker boot, from the SDK image of the Beam release setup.py pins.
+    beam_pin = re.search(r'"apache-beam\[gcp\]==([^"]+)"', (ROOT / "setup.py").read_text())[1]
+    assert args["BEAM_VERSION"] == beam_pin
+    assert re.search(rf"^FROM {BEAM_SDK_IMAGE}:\$\{{BEAM_VERSION\}} AS beam_sdk$", text, re.M)
+    assert "COPY --from=beam_sdk /opt/apache/beam /opt/apache/beam" in text
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
+    # The Flex Template launcher binary, where the launcher VM runs it.
+    assert re.search(rf"^FROM {LAUNCHER_BASE}:\$\{{LAUNCHER_TAG\}} AS flex_launcher$", text, re.M)
+    assert f"COPY --from=flex_launcher {LAUNCHER_BINARY} {LAUNCHER_BINARY}" in text
+    # One launcher script for both templates; nothing installed at launch.
+    py_file = Path(env["FLEX_TEMPLATE_PYTHON_PY_FILE"].replace("${WORKDIR}", args["WORKDIR"]))
+    assert py_file.parent == Path(args["WORKDIR"]) and py_file.name == "flex_launch.py"
+    assert re.search(r"^COPY templates/flex_launch\.py .* \./$", text, re.MULTILINE)
+    assert not {"FLEX_TEMPLATE_PYTHON_SETUP_FILE", "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"} & set(
+        env
+    )
+    # The image's own name, for the workers' sdk_container_image.
+    assert env[flex_launch.IMAGE_ENV] == "${" + flex_launch.IMAGE_ENV + "}"
+    assert re.search(rf"^ARG {flex_launch.IMAGE_ENV}=$", text, re.MULTILINE)
+    for stage in STAGES:
+        launcher = (TEMPLATES / f"launch_{stage}.py").read_text()
+        assert f'launch("{stage}", sys.argv[1:])' in launcher
+
+
+def build_steps() -> list[list[str]]:
+    return [
+        step["args"]
+        for step in yaml.safe_load((TEMPLATES / "cloudbuild.yaml").read_text())["steps"]
+    ]
+
+
+def test_cloud_build_builds_one_image_and_points_both_template_specs_at_it():
+    image = "${_AR}/textclf:${_VERSION}"
+    steps = build_steps()
+    docker_builds = [a for a in steps if a[0] == "build"]
+    assert docker_builds == [
+        ["build", "-f", "templates/Dockerfile", "--build-arg",
+         f"{flex_launch.IMAGE_ENV}={image}", "-t", image, "."]
+    ]  # fmt: skip
+    assert ["push", image] in steps
+    specs = [a for a in steps if a[:3] == ["dataflow", "flex-template", "build"]]
+    assert [
+        (a[3], a[4:]) for a in specs
+    ] == [
+        (f"gs://${{_BUCKET}}/templates/textclf-{stage}-${{_VERSION}}.json",
+         [f"--image={image}", "--sdk-language=PYTHON",
+          f"--metadata-file=templates/{stage}/metadata.json"])
+        for stage in STAGES
+    ]  # fmt: skip
+    cloudbuild = yaml.safe_load((TEMPLATES / "cloudbuild.yaml").read_text())
+    assert cloudbuild["images"] == [image]
+
+
+def test_the_readme_build_commands_are_the_same_one_image_and_two_specs():
+    readme = (TEMPLATES / "README.md").read_text().replace("\\\n", " ")
+    commands = [" ".join(line.split()) for line in readme.splitlines()]
+    assert "export IMAGE=$AR/textclf:$VERSION" in commands
+    builds = [c for c in commands if c.startswith("docker build")]
+    assert builds == [
+        f"docker build -f templates/Dockerfile --build-arg {flex_launch.IMAGE_ENV}=$IMAGE -t $IMAGE ."
+    ]
+    specs = [c for c in commands if c.startswith("gcloud dataflow flex-template build")]
+    assert specs == [
+        f"gcloud dataflow flex-template build gs://$BUCKET/templates/textclf-{stage}-$VERSION.json"
+        f" --image=$IMAGE --sdk-language=PYTHON --metadata-file=templates/{stage}/metadata.json"
+        for stage in STAGES
+    ]
+    assert "--config templates/cloudbuild.yaml" in readme
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_flex_template_dockerfile_names_its_launcher_and_setup_file(stage):
-    text = (TEMPLATES / stage / "Dockerfile").read_text()
-    assert f"ARG LAUNCHER_IMAGE={LAUNCHER_BASE}" in text
-    env = dict(re.findall(r'^ENV (\w+)="?([^"\n]+)"?$', text, re.MULTILINE))
-    py_file = Path(env["FLEX_TEMPLATE_PYTHON_PY_FILE"]).name
-    setup_file = Path(env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"]).name
-    assert py_file == f"launch_{stage}.py" and (TEMPLATES / py_file).is_file()
-    assert f"templates/{py_file}" in text and "templates/flex_launch.py" in text
-    assert setup_file == "setup.py" and "COPY setup.py" in text
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", text), "install at build time"
-    launcher = (TEMPLATES / py_file).read_text()
-    assert f'launch("{stage}", sys.argv[1:])' in launcher
+def test_a_launch_of_the_one_image_runs_the_template_s_own_stage(stage):
+    required = [p["name"] for p in params(stage) if not p["isOptional"]]
+    assert set(required) == flex_launch.required_parameters(stage)
+    assert flex_launch.template_stage(required) == stage
+    assert flex_launch.template_stage([p["name"] for p in params(stage)] + ["runner"]) == stage
+    for other in STAGES:  # no stage's required flags lie within another's
+        if other != stage:
+            assert not flex_launch.required_parameters(stage) <= flex_launch.required_parameters(
+                other
+            )
 
 
-def test_the_launcher_base_image_python_is_the_project_python():
-    setup = (ROOT / "setup.py").read_text()
-    assert 'python_requires=">=3.10,<3.13"' in setup  # python311 lies inside; update both
-    assert 'target-version = "py311"' in (ROOT / "pyproject.toml").read_text()
-    assert "python311" in LAUNCHER_BASE
+def test_a_launch_naming_neither_or_both_stages_is_bad_input_before_any_work(capsys):
+    assert flex_launch.main(["--input=gs://b/a.csv"], image="img") == 2
+    assert "neither stage" in capsys.readouterr().err
+    both = ["--input=gs://b/a.csv", "--output_dir=gs://b/d", "--model_dir=gs://b/m",
+            "--output=gs://b/s", "--text_column=t"]  # fmt: skip
+    assert flex_launch.main(both, image="img") == 2
+    assert "both stages" in capsys.readouterr().err
+
+
+def launched(monkeypatch, argv: list[str], image: str) -> tuple[str, list[str]]:
+    calls = []
+    monkeypatch.setattr(flex_launch, "launch", lambda stage, a: calls.append((stage, a)) or 0)
+    assert flex_launch.main(argv, image=image) == 0
+    return calls[0]
+
+
+def test_a_template_launch_runs_its_workers_on_the_image_itself(monkeypatch, capsys):
+    image = "europe-west1-docker.pkg.dev/p/textclf/textclf:abc123"
+    argv = ["--input=gs://b/a.csv", "--output_dir=gs://b/d", "--runner=DataflowRunner",
+            "--template_location=gs://b/staging/job_object"]  # fmt: skip
+    assert launched(monkeypatch, argv, image) == (
+        "preprocess",
+        [*argv, f"--sdk_container_image={image}"],
+    )
+    other = [*argv, "--sdk_container_image=elsewhere/img:1"]
+    assert launched(monkeypatch, other, image) == ("preprocess", other)  # given: kept
+    local = argv[:3]  # not a template launch (no template_location): nothing added
+    assert launched(monkeypatch, local, image) == ("preprocess", local)
+    assert flex_launch.main(argv, image="") == 2  # a template launch with no worker image
+    assert "sdk_container_image" in capsys.readouterr().err
+
+
+def test_the_image_python_is_the_project_python():
+    text = DOCKERFILE.read_text()
+    assert dockerfile_args(text)["PYTHON_IMAGE"].startswith("python:3.11-")
+    assert "python311" in LAUNCHER_BASE and "python3.11" in BEAM_SDK_IMAGE
+    assert 'python_requires=">=3.11,<3.13"' in (ROOT / "setup.py").read_text()
+    assert "--python-version 3.11" in (ROOT / "Makefile").read_text()  # the lock's Python

@@ -108,16 +108,39 @@ def format_for(path: str, explicit: str | None = None) -> str:
     return _EXTENSIONS[ext]
 
 
+def add_format_flags(parser, applies_to: str = "") -> None:
+    """`--format` and `--csv_delimiter` on an argparse parser: how a stage reads its input files
+    (CSV, JSONL, Parquet), the one definition that preprocess, score, promote and evaluate all
+    declare. `applies_to` prefixes each help text (e.g. "--eval_input: ")."""
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", *FORMATS),
+        help=applies_to + "input format (default: from each file's extension)",
+    )
+    parser.add_argument(
+        "--csv_delimiter",
+        default=None,
+        help=applies_to + "CSV field delimiter (default: a tab for .tsv files, else a comma)",
+    )
+
+
 def csv_delimiter_for(path: str, spec: CorpusSpec) -> str:
-    if spec.csv_delimiter:
-        return spec.csv_delimiter
+    return _delimiter_for(path, spec.csv_delimiter)
+
+
+def _delimiter_for(path: str, csv_delimiter: str | None) -> str:
+    if csv_delimiter:
+        return csv_delimiter
     name = path[:-3] if path.endswith(".gz") else path
     return "\t" if name.lower().endswith(".tsv") else ","
 
 
-def _csv_options(spec: CorpusSpec, columns: list[str], path: str):
+def _csv_options(csv_delimiter: str | None, columns: list[str], path: str):
     read = pacsv.ReadOptions(block_size=_READ_BLOCK_BYTES)
-    parse = pacsv.ParseOptions(delimiter=csv_delimiter_for(path, spec), newlines_in_values=True)
+    parse = pacsv.ParseOptions(
+        delimiter=_delimiter_for(path, csv_delimiter), newlines_in_values=True
+    )
     # Text and labels stay bytes here so a bad byte fails one row (dead letter), not the file.
     convert = pacsv.ConvertOptions(
         include_columns=columns,
@@ -201,6 +224,10 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
     The first block grows (like the reader's, see `_block_too_small`) until it holds the CSV
     header or a complete JSONL line, so a header or first line of any size is checked.
     """
+    return _sample_schema(path, fmt, spec.csv_delimiter)
+
+
+def _sample_schema(path: str, fmt: str, csv_delimiter: str | None) -> pa.Schema:
     if fmt == "parquet":
         with FileSystems.open(path) as f:
             return pq.read_schema(f)
@@ -211,7 +238,7 @@ def read_sample_schema(path: str, fmt: str, spec: CorpusSpec) -> pa.Schema:
             # Malformed rows are the reader's business (dead letters), not a reason to refuse
             # the file; so is the head's last row, which the block may cut.
             parse = pacsv.ParseOptions(
-                delimiter=csv_delimiter_for(path, spec),
+                delimiter=_delimiter_for(path, csv_delimiter),
                 newlines_in_values=True,
                 invalid_row_handler=lambda row: "skip",
             )
@@ -328,18 +355,136 @@ def inspect_corpus(spec: CorpusSpec) -> dict:
     return files
 
 
+# -- Whole rows for score's pass-through: every column kept, one schema for every file. --------
+
+_JSON_PASSTHROUGH_TYPES = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.list_(pa.string()))
+
+
+def passthrough_schema(path: str, fmt: str, csv_delimiter: str | None = None) -> pa.Schema:
+    """The columns and types a CSV or JSONL file's rows are kept with (score's pass-through).
+
+    CSV: every column of the header, as strings (an empty cell is an empty string). JSONL: every
+    key of the first block's objects, typed as `read_sample_schema` sees them where that is a
+    string, int64, float64, bool or list<string>; keys whose values are objects, only nulls or
+    of mixed kinds are strings holding each value's JSON text. Raises CorpusError for a JSONL
+    file without a JSON object line in its first block, pyarrow's errors for an empty CSV file.
+    """
+    schema = _sample_schema(path, fmt, csv_delimiter)
+    if fmt == "csv":
+        return pa.schema([pa.field(name, pa.string()) for name in schema.names])
+    if not schema.names:
+        raise CorpusError(f"{path} has no JSON object lines in its first block")
+    return pa.schema(
+        [
+            pa.field(f.name, f.type if f.type in _JSON_PASSTHROUGH_TYPES else pa.string())
+            for f in schema
+        ]
+    )
+
+
+_UNPARSED_ROW_CHARS = 200  # of an unparsed row's text, in its dead-letter reason
+
+
+def unparsed_reason(record: dict) -> str:
+    """A reader's dead letter (a row that could not be parsed, so has no columns) as one line
+    that says why, where and what: `malformed CSV row (in data.csv, expected 2 fields, found
+    3): "1,a,b"` (pyarrow gives no line number when values may hold line breaks), `invalid
+    JSON line (in data.jsonl, line 7: Expecting value: ...): "{oops"`; the row's text is a
+    JSON string cut to its first 200 characters."""
+    text = (record.get("row") or {}).get("line") or ""
+    text = text.rstrip("\r\n")
+    if len(text) > _UNPARSED_ROW_CHARS:
+        text = text[: _UNPARSED_ROW_CHARS - 3] + "..."
+    return f"{record['reason']} (in {record['source']}, {record['detail']}): {json.dumps(text)}"
+
+
+def conform_rows(
+    batch: pa.RecordBatch, schema: pa.Schema, text_column: str
+) -> tuple[pa.Table, np.ndarray]:
+    """A reader batch -> (a table of `schema`'s columns, then `text_column` if not among them;
+    per row, None or why the row cannot be kept). CSV bytes become strings (text that is not
+    UTF-8: REASON_TEXT_NOT_UTF8; another column: "column 'c' is not valid UTF-8"); a JSONL value
+    that does not fit its column's type is "column 'c' does not hold <type>". A bad cell is
+    null in the table; the caller dead-letters its row. A column the batch lacks is all null.
+    """
+    n = batch.num_rows
+    reasons = np.full(n, None, dtype=object)
+    fields = list(schema)
+    if text_column not in schema.names:
+        fields.append(pa.field(text_column, pa.string()))
+    # The text column first: its reason wins over another column's.
+    order = sorted(range(len(fields)), key=lambda i: fields[i].name != text_column)
+    arrays: list = [None] * len(fields)
+    for i in order:
+        field = fields[i]
+        if field.name in batch.schema.names:
+            array, bad, why = _conform_column(batch.column(field.name), field.type)
+        else:
+            array, bad, why = pa.nulls(n, field.type), np.zeros(n, bool), None
+        if bad.any():
+            if field.name == text_column and why == "utf8":
+                reason = REASON_TEXT_NOT_UTF8
+            elif why == "utf8":
+                reason = f"column '{field.name}' is not valid UTF-8"
+            else:
+                reason = f"column '{field.name}' does not hold {field.type}"
+            reasons[bad & np.equal(reasons, None)] = reason
+        arrays[i] = array
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), reasons
+
+
+def _conform_column(arr, to: pa.DataType) -> tuple[pa.Array, np.ndarray, str | None]:
+    """`arr` as type `to`: (array, mask of values that could not be converted (null in the
+    array), "utf8" or "type": what was wrong with them)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    if arr.type.equals(to):
+        return arr, np.zeros(n, bool), None
+    if pa.types.is_string(to) and is_text_or_bytes_type(arr.type):
+        strings, bad = _as_string(arr)
+        return strings, bad, "utf8"
+    if pa.types.is_string(to) and pa.types.is_nested(arr.type):
+        # Rare path (objects in a JSONL column): each value's JSON text.
+        values = [None if v is None else json.dumps(v) for v in arr.to_pylist()]
+        return pa.array(values, pa.string()), np.zeros(n, bool), None
+    try:
+        return arr.cast(to), np.zeros(n, bool), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    # Rare path: a value that does not fit (a JSONL line the fast reader could not type).
+    values, bad = [], np.zeros(n, bool)
+    for i, value in enumerate(arr.to_pylist()):
+        try:
+            values.append(pa.array([value], arr.type).cast(to)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values.append(None)
+            bad[i] = True
+    return pa.array(values, to), bad, "type"
+
+
 class _ReadDelimitedFile(beam.DoFn):
-    """One CSV or JSONL file -> record batches of the needed columns, streamed block by block.
+    """One CSV or JSONL file -> record batches of `columns`, streamed block by block.
 
     A row larger than the read block (4 MiB) is read by reading the file again with a larger
     block (`_read_growing`). A JSONL file that pyarrow cannot parse as a whole for another reason
-    (a bad line, a bad byte, a type that changes mid-file) is re-read line by line from where
-    the fast reader stopped; bad lines become dead letters instead of failing the job.
+    (a bad line, a bad byte, a type that changes mid-file, a value that does not fit
+    `json_types`) is re-read line by line from where the fast reader stopped; bad lines become
+    dead letters instead of failing the job. CSV cells are read as bytes; JSONL values with
+    pyarrow's inferred types, or `json_types` ({column: Arrow type}) where given.
     """
 
-    def __init__(self, spec: CorpusSpec, fmt: str):
-        self._spec = spec
+    def __init__(
+        self,
+        fmt: str,
+        columns: list[str],
+        csv_delimiter: str | None = None,
+        json_types: dict[str, pa.DataType] | None = None,
+    ):
         self._fmt = fmt
+        self._columns = list(columns)
+        self._csv_delimiter = csv_delimiter
+        self._json_types = json_types
 
     def process(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
@@ -348,16 +493,16 @@ class _ReadDelimitedFile(beam.DoFn):
         if self._fmt == "csv":
             yield from self._read_growing(path, size, self._csv_blocks(path), on_error=None)
         else:
-            columns = self._spec.columns
+            columns = self._columns
             yield from self._read_growing(
                 path,
                 size,
-                self._jsonl_blocks(columns),
+                self._jsonl_blocks(columns, self._json_types),
                 on_error=lambda done: self._read_jsonl_by_line(path, columns, skip=done),
             )
 
     def _csv_blocks(self, path):
-        read, parse, convert = _csv_options(self._spec, self._spec.columns, path)
+        read, parse, convert = _csv_options(self._csv_delimiter, self._columns, path)
 
         def read_blocks(f, block_size: int, use_threads: bool):
             bad_rows = []
@@ -382,10 +527,17 @@ class _ReadDelimitedFile(beam.DoFn):
         return read_blocks
 
     @staticmethod
-    def _jsonl_blocks(columns):
+    def _jsonl_blocks(columns, json_types=None):
+        parse = None
+        if json_types:
+            parse = pajson.ParseOptions(
+                explicit_schema=pa.schema(list(json_types.items())),
+                unexpected_field_behavior="ignore",
+            )
+
         def read_blocks(f, block_size: int, use_threads: bool):
             read = pajson.ReadOptions(block_size=block_size, use_threads=use_threads)
-            for batch in pajson.open_json(f, read_options=read):
+            for batch in pajson.open_json(f, read_options=read, parse_options=parse):
                 yield _select(batch, columns)
 
         return read_blocks
@@ -572,6 +724,38 @@ class _SpreadByKey(beam.PTransform):
         )
 
 
+class ReadDelimitedFiles(beam.PTransform):
+    """PCollection of CSV or JSONL paths (all `fmt`) -> {'batches': record batches of `columns`,
+    DEAD_LETTER_TAG: the rows that could not be parsed, as `{"source", "row", "reason",
+    "detail"}` dicts}; one file at a time per worker, files spread by name (`_ReadDelimitedFile`).
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        columns: list[str],
+        csv_delimiter: str | None = None,
+        json_types: dict[str, pa.DataType] | None = None,
+    ):
+        super().__init__()
+        self._read = _ReadDelimitedFile(fmt, columns, csv_delimiter, json_types)
+        self._fmt = fmt
+
+    def expand(self, paths):
+        fmt = self._fmt
+        read = (
+            paths
+            | f"Match[{fmt}]" >> fileio.MatchAll()
+            | f"Open[{fmt}]" >> fileio.ReadMatches()
+            | f"Spread[{fmt}]" >> _SpreadByKey(lambda readable: readable.metadata.path)
+            | f"Read[{fmt}]"
+            >> beam.ParDo(self._read)
+            .with_output_types(pa.RecordBatch)
+            .with_outputs(DEAD_LETTER_TAG, main="batches")
+        )
+        return {"batches": read.batches, DEAD_LETTER_TAG: read[DEAD_LETTER_TAG]}
+
+
 class ReadCorpus(beam.PTransform):
     """Files -> PCollection of raw `pyarrow.RecordBatch` (spec.columns), plus dead letters.
 
@@ -607,17 +791,10 @@ class ReadCorpus(beam.PTransform):
                     ).with_output_types(pa.RecordBatch)
                 )
                 continue
-            read = (
-                paths
-                | f"Match[{fmt}]" >> fileio.MatchAll()
-                | f"Open[{fmt}]" >> fileio.ReadMatches()
-                | f"Spread[{fmt}]" >> _SpreadByKey(lambda readable: readable.metadata.path)
-                | f"Read[{fmt}]"
-                >> beam.ParDo(_ReadDelimitedFile(spec, fmt))
-                .with_output_types(pa.RecordBatch)
-                .with_outputs(DEAD_LETTER_TAG, main="batches")
+            read = paths | f"Read[{fmt}]" >> ReadDelimitedFiles(
+                fmt, spec.columns, spec.csv_delimiter
             )
-            batches.append(read.batches)
+            batches.append(read["batches"])
             dead.append(read[DEAD_LETTER_TAG])
         out = {
             "batches": batches

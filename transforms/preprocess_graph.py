@@ -33,6 +33,7 @@ from transforms.contracts import (
     TRAIN,
 )
 from transforms.corpus_io import CorpusSpec
+from transforms.progress import LogProgress
 from transforms.text_preprocessing import TextSettings, make_preprocessing_fn
 
 # In the output directory: each bundle's file, until the job's last step names them.
@@ -131,8 +132,10 @@ class ReadValidRows(beam.PTransform):
     def expand(self, pbegin):
         s = self._settings
         raw = pbegin | "ReadCorpus" >> corpus_io.ReadCorpus(s.corpus, s.files, s.batch_rows)
+        corpus_pass = "analyze" if self._for_analysis else "transform"
         rows = (
             raw["batches"]
+            | "LogDocumentsRead" >> LogProgress(f"preprocess[{corpus_pass}]", "documents read")
             | "Rebatch"
             >> beam.FlatMap(rebatch, s.batch_rows, s.corpus.text_column).with_output_types(
                 pa.RecordBatch

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
@@ -24,6 +25,8 @@ from transforms.contracts import (
     REASON_COLUMN,
     SCORED_PART_PREFIX,
 )
+from transforms.corpus_io import ReadDelimitedFiles, conform_rows, unparsed_reason
+from transforms.progress import LogProgress
 from transforms.scoring import (
     DEFAULT_BATCH_SIZE,
     PROFILE_TAG,
@@ -46,9 +49,11 @@ WRITTEN_PREFIX = "written_"
 class ScoreSettings:
     """What `ScoreParquet` needs: the inputs, the model, the columns and where to write.
 
-    `inputs` are Parquet file patterns (each read once); `output_dir` is where the part files go
-    (the stage's staging directory); `passthrough` is the schema of the columns copied to both
-    outputs; `threshold` overrides a multi-label model's own threshold (None: keep it).
+    `inputs` are Parquet file patterns (each read once); `delimited` CSV and JSONL files, as
+    (path, format) pairs, read with `corpus_io`'s readers (`csv_delimiter`: None for a tab in
+    .tsv files, else a comma); `output_dir` is where the part files go (the stage's staging
+    directory); `passthrough` is the schema of the columns copied to both outputs; `threshold`
+    overrides a multi-label model's own threshold (None: keep it).
     """
 
     inputs: tuple[str, ...]
@@ -58,6 +63,10 @@ class ScoreSettings:
     passthrough: pa.Schema
     batch_size: int = DEFAULT_BATCH_SIZE
     threshold: float | None = None
+    delimited: tuple[tuple[str, str], ...] = ()
+    csv_delimiter: str | None = None
+    # Parquet files matched beside CSV/JSONL ones: read by one transform over the file list.
+    parquet_files: tuple[str, ...] = ()
 
 
 class ScoreParquet(beam.PTransform):
@@ -84,11 +93,31 @@ class ScoreParquet(beam.PTransform):
                 pa.Table
             )
             for i, pattern in enumerate(s.inputs)
-        ] | "FlattenInputs" >> beam.Flatten().with_output_types(pa.Table)
+        ]
+        if s.parquet_files:  # one transform, however many files
+            tables.append(
+                pbegin
+                | "ParquetFiles" >> beam.Create(list(s.parquet_files))
+                | "ReadParquetFiles"
+                >> beam.io.ReadAllFromParquetBatched(columns=read_columns).with_output_types(
+                    pa.Table
+                )
+            )
+        unreadable = []  # dead-letter tables of the rows the readers reject, before scoring
+        for fmt in sorted({fmt for _, fmt in s.delimited}):
+            read, rejected = pbegin | f"Read[{fmt}]" >> _ReadDelimited(s, fmt)
+            tables.append(read)
+            unreadable.append(rejected)
+        tables = tables | "FlattenInputs" >> beam.Flatten().with_output_types(pa.Table)
+        tables = tables | "LogRowsRead" >> LogProgress("score", "rows read")
         results = tables | "Score" >> ScoreRecordBatches(
             s.model, s.text_column, s.passthrough, s.batch_size, s.threshold
         )
         scored, dead = results["scored"], results[DEAD_LETTER_TAG]
+        read_tables = tables
+        if unreadable:
+            dead = (dead, *unreadable) | "FlattenDeadLetters" >> beam.Flatten()
+            read_tables = (tables, *unreadable) | "FlattenRead" >> beam.Flatten()
         return {
             f"{WRITTEN_PREFIX}0": scored
             | "WriteScored"
@@ -96,7 +125,7 @@ class ScoreParquet(beam.PTransform):
             f"{WRITTEN_PREFIX}1": dead
             | "WriteDeadLetter"
             >> self._write(DEAD_LETTER_PREFIX, dead_letter_schema(s.passthrough)),
-            READ: tables | "CountRead" >> beam.CombineGlobally(SummarizeTables()),
+            READ: read_tables | "CountRead" >> beam.CombineGlobally(SummarizeTables()),
             SCORED: scored
             | "CountScored" >> beam.CombineGlobally(SummarizeTables(s.model.prediction_column())),
             DEAD_LETTERED: dead
@@ -112,3 +141,71 @@ class ScoreParquet(beam.PTransform):
             codec="snappy",
             file_name_suffix=PARQUET_SUFFIX,
         )
+
+
+class _ReadDelimited(beam.PTransform):
+    """PBegin -> (tables to score, dead-letter tables): the `fmt` files of `settings.delimited`
+    read by `corpus_io.ReadDelimitedFiles`, each batch made to fit the pass-through schema by
+    `corpus_io.conform_rows`. A row the reader could not parse is one dead-letter row with null
+    columns and `corpus_io.unparsed_reason` as its reason; a row with a cell that does not fit
+    (bytes that are not UTF-8, a JSONL value of another type) is dead-lettered with its columns.
+    """
+
+    def __init__(self, settings: ScoreSettings, fmt: str):
+        super().__init__()
+        self._settings = settings
+        self._fmt = fmt
+
+    def expand(self, pbegin):
+        s, fmt = self._settings, self._fmt
+        columns = list(dict.fromkeys([*s.passthrough.names, s.text_column]))
+        json_types = None
+        if fmt == "jsonl":
+            json_types = {f.name: f.type for f in s.passthrough}
+            json_types[s.text_column] = pa.string()
+        read = (
+            pbegin
+            | "ListFiles" >> beam.Create(sorted(p for p, f in s.delimited if f == fmt))
+            | "ReadFiles" >> ReadDelimitedFiles(fmt, columns, s.csv_delimiter, json_types)
+        )
+        conformed = read["batches"] | "Conform" >> beam.ParDo(
+            _ConformRows(s.passthrough, s.text_column)
+        ).with_output_types(pa.Table).with_outputs(DEAD_LETTER_TAG, main="tables")
+        unparsed = read[DEAD_LETTER_TAG] | "Unparsed" >> beam.Map(
+            _unparsed_table, dead_letter_schema(s.passthrough)
+        )
+        rejected = (conformed[DEAD_LETTER_TAG], unparsed) | "FlattenRejected" >> beam.Flatten()
+        return conformed.tables, rejected
+
+
+class _ConformRows(beam.DoFn):
+    """A reader's record batch -> the table to score (main output) and its rows that cannot be
+    kept, as one dead-letter table (DEAD_LETTER_TAG)."""
+
+    def __init__(self, passthrough: pa.Schema, text_column: str):
+        self._passthrough = passthrough
+        self._text_column = text_column
+
+    def process(self, batch: pa.RecordBatch):
+        table, reasons = conform_rows(batch, self._passthrough, self._text_column)
+        bad = ~np.equal(reasons, None)
+        if bad.any():
+            rows = table.filter(pa.array(bad)).select(self._passthrough.names)
+            reason = pa.array(list(reasons[bad]), pa.string())
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG,
+                pa.Table.from_arrays(
+                    [*rows.columns, reason], schema=dead_letter_schema(self._passthrough)
+                ),
+            )
+            table = table.filter(pa.array(~bad))
+        if table.num_rows:
+            yield table
+
+
+def _unparsed_table(record: dict, schema: pa.Schema) -> pa.Table:
+    """One row the reader could not parse -> a one-row dead-letter table: null columns, and
+    where and why in the reason."""
+    arrays = [pa.nulls(1, f.type) for f in schema if f.name != REASON_COLUMN]
+    arrays.append(pa.array([unparsed_reason(record)], pa.string()))
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -9,8 +9,10 @@ that fail on their own are found; only those are dead-lettered (`model_call_fail
 rest are scored. The same calls give each scored row's token counts (for a model that returns
 them), summed per input table into an input profile for the drift check (transforms/drift.py).
 The model is loaded once per worker process through
-`apache_beam.utils.shared.Shared`. It does not parse flags, match files, read or write Parquet, or
-decide where outputs go: `pipeline/score.py` does that.
+`apache_beam.utils.shared.Shared`. It also owns `TextclfModelHandler`, the same model and the same
+prediction rule behind Beam's `RunInference` contract, for users who score raw strings inside their
+own pipelines. It does not parse flags, match files, read or write Parquet, or decide where outputs
+go: `pipeline/score.py` does that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -28,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
 
 from transforms import arrow_coders  # noqa: F401  (registers the Arrow coders)
@@ -507,3 +511,143 @@ class SummarizeTables(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
+
+
+class UnusableTextError(ValueError):
+    """An element `TextclfModelHandler` cannot score: not a str, None, empty or whitespace-only
+    (the texts `textclf score` dead-letters). Raised for the whole batch, so RunInference's
+    `with_exception_handling()` sends that batch to `failed_inferences`."""
+
+
+def _unusable_text_error(batch: Sequence, index: int, reason: str) -> UnusableTextError:
+    shown = repr(batch[index])
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return UnusableTextError(
+        f"TextclfModelHandler: element {index} of a batch of {len(batch)}: {reason} ({shown}); "
+        "RunInference's elements must be non-empty str texts ((key, text) pairs under "
+        "KeyedModelHandler): filter or fix such elements before RunInference"
+    )
+
+
+def text_array(batch: Sequence) -> pa.Array:
+    """The elements of a RunInference batch as one plain Arrow `string` array, ready for
+    `LoadedModel.outputs`; UnusableTextError naming the first element `textclf score` would
+    dead-letter (a non-str, None, empty or whitespace-only text: `unusable_text_reasons`)."""
+    try:
+        texts = pa.array(batch)
+    except (TypeError, ValueError, OverflowError, pa.ArrowException):
+        texts = None  # mixed types Arrow cannot put in one column: found below
+    if texts is None or not (
+        pa.types.is_string(texts.type)
+        or pa.types.is_large_string(texts.type)
+        or pa.types.is_null(texts.type)  # every element None: reported as null text below
+    ):
+        for index, text in enumerate(batch):  # the error path only
+            if text is not None and not isinstance(text, str):
+                raise _unusable_text_error(
+                    batch, index, f"{REASON_TEXT_NOT_STRING} but {type(text).__name__}"
+                )
+        raise UnusableTextError(f"TextclfModelHandler: a batch that is not text: {texts!r:.200}")
+    texts = _as_plain_strings(texts)
+    reasons = unusable_text_reasons(texts)
+    if reasons.null_count != len(reasons):
+        index = pc.index(pc.is_valid(reasons), True).as_py()
+        raise _unusable_text_error(batch, index, reasons[index].as_py())
+    return texts
+
+
+class TextclfModelHandler(ModelHandler[str, PredictionResult, LoadedModel]):
+    """Beam's `ModelHandler` for a textclf model directory: `RunInference` over raw text strings.
+
+    `model_dir` is what `textclf train` writes (`saved_model/`, labels.txt, model_card.json) or a
+    registry version directory (the SavedModel's files directly inside, as
+    `pipeline.registry.resolve_model_dir` returns for a registry root). labels.txt and
+    model_card.json are read here, at pipeline build time; the SavedModel is loaded by
+    `load_model`, which RunInference calls once per worker process (through `Shared`).
+
+    Each batch is one call of the serving signature (`LoadedModel.probabilities`, the texts as
+    one Arrow array), and its predictions come from `prediction_arrays`, the code `textclf score`
+    uses, so a text gets the same label(s) and probabilities (to the last bit or so: batches
+    differ) as in the scored Parquet. Each element yields
+    `PredictionResult(example=text, inference=..., model_id=<model_card.json's model_version>)`
+    whose `inference` is a dict keyed like the scored Parquet's prediction columns:
+
+        "predicted_label": str            single-label: the argmax class, or
+        "predicted_labels": list[str]     multi-label: the classes with probability >= threshold
+        "score": float                    the top probability
+        "probabilities": np.ndarray       float32[K], in labels.txt order
+        "model_version": str              as model_id
+
+    `threshold` overrides a multi-label model's own threshold (model_card.json), in (0, 1), as
+    `textclf score --threshold`; a single-label model ignores it. `min_batch_size` and
+    `max_batch_size` are RunInference's batching hints (`batch_elements_kwargs`); the default
+    largest batch is DEFAULT_BATCH_SIZE, score's rows per call. A batch holding an element that
+    score would dead-letter (not a str, None, empty or whitespace-only) raises UnusableTextError
+    before the model is called; under `RunInference(...).with_exception_handling()` that batch
+    goes to `failed_inferences` (Beam's dead-letter output is per batch) and other batches score.
+    Keys pass through `KeyedModelHandler(TextclfModelHandler(model_dir))`.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        threshold: float | None = None,
+        min_batch_size: int | None = None,
+        max_batch_size: int | None = DEFAULT_BATCH_SIZE,
+    ):
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        for name, size in (("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be at least 1, got {size}")
+        if min_batch_size is not None and max_batch_size is not None:
+            if min_batch_size > max_batch_size:
+                raise ValueError(
+                    f"min_batch_size {min_batch_size} is above max_batch_size {max_batch_size}"
+                )
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.model = ScoringModel.from_model_dir(model_dir)
+        self._threshold = threshold
+        label_column = self.model.prediction_column()
+        self._keys = (label_column, *(f.name for f in self.model.prediction_fields()[1:]))
+
+    def load_model(self) -> LoadedModel:
+        return LoadedModel(self.model.model_dir)
+
+    def run_inference(
+        self,
+        batch: Sequence[str],
+        model: LoadedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        if not len(batch):
+            return []
+        texts = text_array(batch)  # before the model: a bad batch fails the same way always
+        probabilities = model.probabilities(texts)
+        labels, scores, _, _ = prediction_arrays(probabilities, self.model, self._threshold)
+        version = self.model.model_version
+        label_key, score_key, probabilities_key, version_key = self._keys
+        return [
+            PredictionResult(
+                text,
+                {
+                    label_key: label,
+                    score_key: score,
+                    probabilities_key: row,
+                    version_key: version,
+                },
+                version,
+            )
+            for text, label, score, row in zip(
+                batch, labels.to_pylist(), scores.to_pylist(), probabilities, strict=True
+            )
+        ]
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        if inference_args:
+            raise ValueError(
+                "TextclfModelHandler takes no inference_args (the serving signature has one "
+                f"input, the texts); got {sorted(inference_args)}"
+            )

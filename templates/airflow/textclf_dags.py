@@ -55,7 +55,8 @@ DATA_DIR = f"{RUN_DIR}/data"
 MODEL_DIR = f"{RUN_DIR}/model"
 DECISION_FILE = f"{RUN_DIR}/promotion.json"
 TEMPLATE_SPECS = f"gs://{BUCKET}/templates"
-WORKER_IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/textclf/textclf-worker:{VERSION}"
+# templates/Dockerfile: the one image that launches the templates and runs their workers.
+IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/textclf/textclf:{VERSION}"
 
 # ---------------------------------------------------------------------------------------------
 # What each task runs. Flex Template parameters are templates/<stage>/metadata.json names with
@@ -119,7 +120,7 @@ def flex_template_body(
                 "tempLocation": f"gs://{BUCKET}/tmp",
                 "stagingLocation": f"gs://{BUCKET}/staging",
                 "serviceAccountEmail": SERVICE_ACCOUNT,
-                "sdkContainerImage": WORKER_IMAGE,
+                "sdkContainerImage": IMAGE,
                 "additionalExperiments": ["use_runner_v2"],
                 **environment,
             },

@@ -23,12 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} )")
 
 
-def textclf(*argv: str) -> tuple[int, list[str]]:
-    """Run `python -m pipeline.cli argv` in a child; (exit code, stderr lines of textclf's own)."""
+def textclf(*argv: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run `python -m pipeline.cli argv` in a child (with `env` added to this process's
+    environment); (exit code, stderr lines of textclf's own)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *argv],
         cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
@@ -120,6 +121,29 @@ def test_score_with_a_corrupt_saved_model_prints_the_traceback_and_exits_1(
 
     assert_traceback_then_summary(code, err, "score")
     assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_score_logs_progress_lines_up_to_every_row_read(scoring_inputs, tmp_path):
+    """With TEXTCLF_PROGRESS_SECONDS tiny, score's stderr shows `score: N rows read, R rows/s,
+    T elapsed` lines while it reads (one per table of 100 rows here), the last one counting
+    every row read."""
+    model_dir, _ = scoring_inputs
+    parquet = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"body": ["good fine", "poor bad"] * 300}), parquet, row_group_size=100)
+    out = str(tmp_path / "scores")
+
+    code, err = textclf(
+        "score", "--model_dir", model_dir, "--input", str(parquet), "--output", out,
+        "--text_column", "body", env={"TEXTCLF_PROGRESS_SECONDS": "0.000001"},
+    )  # fmt: skip
+
+    assert code == 0, err
+    line = re.compile(r"score: ([\d,]+) rows read, [\d,]+ rows/s, \d+ s elapsed( \(done\))?$")
+    found = [match for text in err if (match := line.search(text))]
+    counts = [int(match.group(1).replace(",", "")) for match in found]
+    assert len(counts) >= 2 and counts == sorted(counts), err
+    assert counts[-1] == 600 and found[-1].group(2), err
 
 
 def test_score_without_the_text_column_is_one_line_and_exit_2(scoring_inputs, tmp_path):

@@ -26,11 +26,13 @@ FLAGS = {
                    "lowercase", "strip_punctuation", "vocabulary_path", "batch_rows",
                    "features", "ngram_max", "tfidf_max_tokens", "tfidf_min_frequency"],
     "score": ["model_dir", "model_version", "input", "output", "text_column", "id_column",
-              "batch_size", "columns", "threshold", "max_dead_letter_fraction", "fail_on_drift"],
+              "format", "csv_delimiter", "batch_size", "columns", "threshold",
+              "max_dead_letter_fraction", "fail_on_drift"],
     "train": ["data_dir", "model_dir", "epochs", "batch_size", "learning_rate",
               "early_stopping_patience", "seed", "shuffle_buffer", "embedding_dim", "dropout",
               "filters", "kernel_size", "pool_size", "lstm_units", "activation", "loss",
-              "threshold", "architecture", "l2", "hidden_units"],
+              "threshold", "architecture", "l2", "hidden_units", "tensorboard_dir",
+              "distribution"],
 }  # fmt: skip
 MODULES = {"preprocess": preprocess, "score": score, "train": train}
 OPTIONS = {

@@ -90,8 +90,35 @@ def multi(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multi")
     data_dir = _preprocess(tmp, "multi", multi_label=True)
     model_dir = str(tmp / "model")
-    metrics = train.train(data_dir, model_dir, epochs=2, batch_size=16, threshold=0.4, **TINY)
+    metrics = train.train(
+        data_dir,
+        model_dir,
+        epochs=2,
+        batch_size=16,
+        threshold=0.4,
+        tensorboard_dir=str(tmp / "tensorboard"),
+        **TINY,
+    )
     return data_dir, model_dir, metrics
+
+
+@pytest.mark.parametrize("inside", ["model/tb", "model", ".model.train-backup/tb"])
+def test_a_tensorboard_dir_inside_what_train_replaces_is_refused(tmp_path, capsys, inside):
+    model_dir, tensorboard = tmp_path / "model", tmp_path / inside
+    argv = ["--data_dir", str(tmp_path / "data"), "--model_dir", str(model_dir)]
+    assert train.main([*argv, "--tensorboard_dir", str(tensorboard)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tensorboard_dir" in err[0] and "choose another" in err[0]
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_tensorboard_dir_keeps_its_live_logs_and_the_model_gets_a_copy(multi):
+    _, model_dir, _ = multi
+    live = _events(None, os.path.join(os.path.dirname(model_dir), "tensorboard"))
+    assert live == _events(model_dir)
+    tags = {(run, tag) for run, tag, _, _ in live}
+    assert {("train", "epoch_loss"), ("validation", "epoch_loss")} <= tags
+    assert {step for _, tag, step, _ in live if tag == "epoch_loss"} == {0, 1}
 
 
 def _eval_rows(data_dir):
@@ -220,12 +247,14 @@ def test_train_help_lists_the_flags(capsys):
         assert flag in out
 
 
-def _events(model_dir) -> list[tuple]:
-    """(run, tag, step, value) of every scalar in the model's TensorBoard logs, sorted."""
+def _events(model_dir, logs_dir=None) -> list[tuple]:
+    """(run, tag, step, value) of every scalar in the model's TensorBoard logs (or in
+    `logs_dir`), sorted."""
     from tensorflow.core.util import event_pb2
 
     found = []
-    for path in glob.glob(os.path.join(model_dir, LOGS_DIR, "*", "events.out.tfevents.*")):
+    logs_dir = logs_dir or os.path.join(model_dir, LOGS_DIR)
+    for path in glob.glob(os.path.join(logs_dir, "*", "events.out.tfevents.*")):
         run = os.path.basename(os.path.dirname(path))
         for record in tf.data.TFRecordDataset(path):
             event = event_pb2.Event.FromString(record.numpy())
@@ -276,6 +305,9 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch(tmp_path):
     killed_after = epochs_done()
     assert killed_after in (1, 2)  # 1 unless epoch 2 (about a second) won the race
     assert not os.path.exists(model_dir)
+    # The live TensorBoard logs (in the backup, kept across the kill) hold the finished epochs.
+    live = _events(None, os.path.join(backup_dir(model_dir), LOGS_DIR))
+    assert ("validation", "epoch_loss", 0) in [event[:3] for event in live]
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -294,7 +326,15 @@ def test_a_killed_training_resumes_after_its_last_finished_epoch(tmp_path):
     assert len(history["loss"]) == 3
     assert history == read_json(os.path.join(uninterrupted, HISTORY_FILE))
     assert _events(model_dir) == _events(uninterrupted)
-    assert len(_events(model_dir)) == 3 * len(history)  # each epoch once, per metric
+    # Each epoch once per metric: no duplicate (run, tag, step), every epoch of every metric.
+    keys = [event[:3] for event in _events(model_dir)]
+    assert len(keys) == len(set(keys))
+    epoch_steps = {(run, tag): [] for run, tag, _ in keys if tag.startswith("epoch_")}
+    for run, tag, step in keys:
+        if tag.startswith("epoch_"):
+            epoch_steps[(run, tag)].append(step)
+    assert ("train", "epoch_loss") in epoch_steps and ("validation", "epoch_loss") in epoch_steps
+    assert all(sorted(steps) == [0, 1, 2] for steps in epoch_steps.values())
     resumed_weights, full_weights = _saved_weights(model_dir), _saved_weights(uninterrupted)
     assert len(resumed_weights) == len(full_weights) >= 8
     for resumed, full in zip(resumed_weights, full_weights):
