@@ -9,8 +9,10 @@ the same graph and the same asset:
   `tft.experimental.ptransform_analyzer`, as Arrow tables (group_by) instead of tf.Transform's
   per-token Python combine;
   the ids come from `tft.apply_vocabulary` over that file, an asset of the graph.
-  The label vocabulary is counted the same way (the textbook path's `tft.vocabulary` counts
-  labels one by one in Python and adds about ten Beam stages).
+  The label vocabulary (and the n-gram one) is counted the same way, by the same analyzer in
+  the same combine: each analyzer adds a dozen Beam transforms and two stages, a fixed cost
+  of every run (the textbook path's `tft.vocabulary` counts labels one by one in Python and
+  adds about ten Beam stages).
 * textbook: `tft.compute_and_apply_vocabulary` and `tft.vocabulary`, kept to prove the fast
   path gives identical output (tests) and to measure against (benchmarks).
 
@@ -28,6 +30,7 @@ assets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import uuid
 
@@ -135,15 +138,18 @@ def _counts_schema(large: bool) -> pa.Schema:
 _LARGE_TOKEN_BYTES = 1 << 30
 
 
-def _batch_counts(batch: tuple) -> pa.Table:
-    """One analyzer batch -> an Arrow table (token, count).
+def _batch_counts(batch: tuple) -> tuple[pa.Table, ...]:
+    """One analyzer batch -> an Arrow table (token, count) per counted input.
 
-    The batch is (the distinct tokens joined into one string, their byte lengths, their
-    counts), as `_batch_reduce` returns them: one bytes object and two numeric arrays, so
-    neither TensorFlow nor pyarrow makes a Python object per token (that took more time
-    than counting them); the joined string becomes the Arrow array's data buffer as it is.
+    The batch holds, per input, (the distinct tokens joined into one string, their byte
+    lengths, their counts), as `_batch_reduce` returns them: one bytes object and two numeric
+    arrays, so neither TensorFlow nor pyarrow makes a Python object per token (that took more
+    time than counting them); the joined string becomes the Arrow array's data buffer as it is.
     """
-    joined, lengths, counts = batch
+    return tuple(_counts_table(*batch[i : i + 3]) for i in range(0, len(batch), 3))
+
+
+def _counts_table(joined, lengths, counts) -> pa.Table:
     joined = joined.item() if isinstance(joined, np.ndarray) else joined
     large = len(joined) >= _LARGE_TOKEN_BYTES
     offsets = np.zeros(len(lengths) + 1, np.int64 if large else np.int32)
@@ -175,31 +181,48 @@ def _sum_counts(tables: list[pa.Table]) -> pa.Table:
 class _SumTokenCounts(beam.CombineFn):
     """Token counts as Arrow tables; merges re-aggregate with group_by, never per token.
 
-    `finish(counts)` turns the summed table into the output, inside the combine, so what
+    Elements are tuples of tables, one per counted input (a batch's tokens, labels, n-grams);
+    each position is summed apart. `finishes` are (input position, function) pairs: each
+    function turns its input's summed table into one output, inside the combine, so what
     leaves it is small (a path, a size), not a table of every distinct token: a large
-    PCollection element costs more to hand between stages than to compute.
+    PCollection element costs more to hand between stages than to compute. The output is the
+    tuple of the functions' results, or the one result when there is one function.
     """
 
-    _MERGE_EVERY = 32  # batches held before folding them into one table
+    _MERGE_EVERY = 32  # batches held (per input) before folding them into one table
 
-    def __init__(self, finish):
-        self._finish = finish
+    def __init__(self, finishes: tuple):
+        self._finishes = finishes
+        self._inputs = 1 + max(position for position, _ in finishes)
 
     def create_accumulator(self):
-        return []
+        return tuple([] for _ in range(self._inputs))
 
-    def add_input(self, acc, table):
-        acc.append(table)
-        return [_sum_counts(acc)] if len(acc) >= self._MERGE_EVERY else acc
+    def add_input(self, acc, tables):
+        for held, table in zip(acc, tables):
+            held.append(table)
+        if len(acc[0]) >= self._MERGE_EVERY:
+            return self.compact(acc)
+        return acc
 
     def merge_accumulators(self, accs):
-        return [_sum_counts([t for acc in accs for t in acc])]
+        return tuple(
+            [_sum_counts([t for acc in accs for t in acc[i]])] for i in range(self._inputs)
+        )
 
     def compact(self, acc):
-        return [_sum_counts(acc)]
+        return tuple([_sum_counts(held)] for held in acc)
 
     def extract_output(self, acc):
-        return self._finish(_sum_counts(acc))
+        summed = [_sum_counts(held) for held in acc]
+        outputs = tuple(finish(summed[position]) for position, finish in self._finishes)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _split_outputs(outputs: tuple):
+    """`_SumTokenCounts`' tuple of outputs -> one tagged output per position."""
+    for position, output in enumerate(outputs):
+        yield beam.pvalue.TaggedOutput(str(position), output)
 
 
 def order_vocabulary(counts: pa.Table, max_tokens: int, min_frequency: int) -> list[bytes]:
@@ -213,42 +236,65 @@ def order_vocabulary(counts: pa.Table, max_tokens: int, min_frequency: int) -> l
     return counts.sort_by(order).column("token").to_pylist()
 
 
-class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
-    """A tf.Transform analyzer: per-batch (unique values, counts) -> the vocabulary file's path.
+@dataclasses.dataclass(frozen=True)
+class VocabularyFile:
+    """One vocabulary `CountTokensAndWriteVocabulary` writes: its file name (the asset's name in
+    the transform graph), its top k (0: all) and the count below which values are left out."""
 
-    Input elements are tuples of ndarrays, as tf.Transform hands them to `ptransform_analyzer`;
-    each batch is already reduced in the graph (`tf.unique_with_counts`, as tf.Transform's own
-    vocabulary does), and the batches are summed as Arrow tables. The output is one element,
-    the file path, which becomes an asset of the transform graph.
+    filename: str
+    max_tokens: int = 0
+    min_frequency: int = 1
+
+
+def write_vocabulary(base_dir: str, vocabulary: VocabularyFile, counts: pa.Table) -> np.ndarray:
+    """Write `counts` as `vocabulary`'s file, in tf.Transform's order, in a fresh folder under
+    `base_dir`; return its path (the analyzer's output)."""
+    tokens = order_vocabulary(counts, vocabulary.max_tokens, vocabulary.min_frequency)
+    if not tokens:
+        # Like tf.Transform: an empty vocabulary would break the lookup table's init.
+        tokens = [b"__dummy_value__"]
+    directory = os.path.join(base_dir, uuid.uuid4().hex)
+    tf.io.gfile.makedirs(directory)
+    path = os.path.join(directory, vocabulary.filename)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(b"\n".join(tokens) + b"\n")
+    return np.array(path.encode("utf-8"), dtype=object)
+
+
+class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
+    """A tf.Transform analyzer: per-batch (unique values, counts) of one or more inputs -> one
+    vocabulary file's path per input.
+
+    Input elements are tuples of ndarrays, as tf.Transform hands them to `ptransform_analyzer`:
+    three per input (`_batch_reduce`'s joined values, lengths and counts), each batch already
+    reduced in the graph (`tf.unique_with_counts`, as tf.Transform's own vocabulary does); the
+    batches are summed as Arrow tables. The output is one PCollection per input (a tuple of
+    them for several) holding one element, the file path, which becomes an asset of the
+    transform graph. The stage's vocabularies (tokens, labels, n-grams) are counted by one such
+    analyzer, so by one combine: each analyzer costs a few Beam stages and a dozen transforms
+    of fixed cost per run, whatever the corpus size.
     """
 
-    def __init__(self, max_tokens: int, min_frequency: int, filename: str = TOKEN_VOCAB_NAME):
+    def __init__(self, vocabularies: tuple[VocabularyFile, ...]):
         super().__init__()
-        self._max_tokens = max_tokens
-        self._min_frequency = min_frequency
-        self._filename = filename
+        self._vocabularies = vocabularies
 
     def expand(self, pcoll):
-        base_dir = self.base_temp_dir
-        max_tokens, min_frequency, filename = self._max_tokens, self._min_frequency, self._filename
-
-        def write_vocabulary(counts: pa.Table) -> np.ndarray:
-            tokens = order_vocabulary(counts, max_tokens, min_frequency)
-            if not tokens:
-                # Like tf.Transform: an empty vocabulary would break the lookup table's init.
-                tokens = [b"__dummy_value__"]
-            directory = os.path.join(base_dir, uuid.uuid4().hex)
-            tf.io.gfile.makedirs(directory)
-            path = os.path.join(directory, filename)
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(b"\n".join(tokens) + b"\n")
-            return np.array(path.encode("utf-8"), dtype=object)
-
-        return (
+        finishes = tuple(
+            (i, functools.partial(write_vocabulary, self.base_temp_dir, vocabulary))
+            for i, vocabulary in enumerate(self._vocabularies)
+        )
+        paths = (
             pcoll
             | "BatchCounts" >> beam.Map(_batch_counts)
-            | "SumCountsAndWrite" >> beam.CombineGlobally(_SumTokenCounts(write_vocabulary))
+            | "SumCountsAndWrite" >> beam.CombineGlobally(_SumTokenCounts(finishes))
         )
+        if len(finishes) == 1:
+            return paths
+        split = paths | "SplitPaths" >> beam.FlatMap(_split_outputs).with_outputs(
+            *(str(i) for i in range(len(finishes)))
+        )
+        return tuple(split[str(i)] for i in range(len(finishes)))
 
 
 # What tf.Transform's text vocabularies leave out: empty strings and anything with a line break
@@ -271,50 +317,65 @@ def _batch_reduce(values: tf.Tensor, may_break_lines: bool) -> list[tf.Tensor]:
     ]
 
 
-def fast_vocabulary(
-    values: tf.Tensor,
-    name: str,
-    top_k: int = 0,
-    min_frequency: int = 1,
-    may_break_lines: bool = True,
-):
-    """The vocabulary of a flat string tensor, counted per batch in the graph and summed by
-    `CountTokensAndWriteVocabulary`: returns the vocabulary file's path (a graph tensor).
+def fast_vocabularies(
+    reduced: list[list[tf.Tensor]], vocabularies: tuple[VocabularyFile, ...]
+) -> list[tf.Tensor]:
+    """The vocabularies of flat string tensors, each reduced per batch in the graph
+    (`_batch_reduce`) and all summed by one `CountTokensAndWriteVocabulary`: returns each
+    vocabulary file's path (a graph tensor), in the order given.
 
-    Same file as `tft.vocabulary(values, top_k, frequency_threshold, vocab_filename=name)`.
-    `may_break_lines=False` skips tf.Transform's filter of empty and multi-line values (a regex
-    over every value) for values that cannot be either, such as whitespace-split tokens.
+    Each file is the same as `tft.vocabulary(values, top_k, frequency_threshold,
+    vocab_filename)` over the same values.
     """
-    return _vocabulary_file(_batch_reduce(values, may_break_lines), name, top_k, min_frequency)
-
-
-def _vocabulary_file(reduced: list[tf.Tensor], name: str, top_k: int = 0, min_frequency: int = 1):
-    """The vocabulary file's path from `_batch_reduce`'s output (see `fast_vocabulary`)."""
-    (path,) = tft.experimental.ptransform_analyzer(
-        inputs=reduced,
-        ptransform=CountTokensAndWriteVocabulary(top_k, min_frequency, filename=name),
-        output_dtypes=[tf.string],
-        output_shapes=[[]],
-        output_asset_default_values=[b"__dummy_value__"],
-        name=name,
+    return tft.experimental.ptransform_analyzer(
+        inputs=[tensor for triple in reduced for tensor in triple],
+        ptransform=CountTokensAndWriteVocabulary(vocabularies),
+        output_dtypes=[tf.string] * len(vocabularies),
+        output_shapes=[[]] * len(vocabularies),
+        output_asset_default_values=[b"__dummy_value__"] * len(vocabularies),
+        name="vocabularies",
     )
-    return path
 
 
-def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings) -> tf.RaggedTensor:
+def _label_values(raw_label) -> tf.Tensor:
+    values = raw_label.values if isinstance(raw_label, tf.SparseTensor) else raw_label
+    return tf.reshape(values, [-1])
+
+
+def _fast_vocabulary_paths(tokens, raw_label, ngrams, settings: TextSettings) -> dict:
+    """{asset name: path} of the token, label (and n-gram) vocabularies, counted together;
+    also {"labels_reduced": ...}, the label batch's reduction, for `CountDistinct`.
+
+    Tokens and n-grams (whitespace-split tokens joined by a space) are never empty and never
+    hold a line break, so tf.Transform's filter of such values (a regex over every value) runs
+    over the labels only.
+    """
+    labels_reduced = _batch_reduce(_label_values(raw_label), may_break_lines=True)
+    reduced = [_batch_reduce(tokens.flat_values, may_break_lines=False), labels_reduced]
+    vocabularies = [
+        VocabularyFile(TOKEN_VOCAB_NAME, settings.max_tokens, settings.min_frequency),
+        VocabularyFile(LABEL_VOCAB_NAME),
+    ]
+    if ngrams is not None:
+        reduced.append(_batch_reduce(ngrams.values, may_break_lines=False))
+        vocabularies.append(
+            VocabularyFile(
+                NGRAM_VOCAB_NAME, settings.tfidf_max_tokens, settings.tfidf_min_frequency
+            )
+        )
+    paths = fast_vocabularies(reduced, tuple(vocabularies))
+    found = {vocabulary.filename: path for vocabulary, path in zip(vocabularies, paths)}
+    return dict(found, labels_reduced=labels_reduced)
+
+
+def _token_ids(tokens: tf.RaggedTensor, settings: TextSettings, vocab_path) -> tf.RaggedTensor:
     """Vocabulary ids (0-based, OOV buckets after the vocabulary) of each row's tokens.
 
-    The fast path looks up only the first `sequence_length` tokens of a row (the rest are cut
-    anyway); the textbook path is `tft.compute_and_apply_vocabulary` as written in its guide.
+    The fast path (`vocab_path` given) looks up only the first `sequence_length` tokens of a
+    row (the rest are cut anyway); the textbook path is `tft.compute_and_apply_vocabulary` as
+    written in its guide.
     """
-    if settings.fast_vocabulary:
-        vocab_path = fast_vocabulary(
-            tokens.flat_values,
-            TOKEN_VOCAB_NAME,
-            top_k=settings.max_tokens,
-            min_frequency=settings.min_frequency,
-            may_break_lines=False,
-        )
+    if vocab_path is not None:
         # Truncating copies every kept token, so it is done only for batches that need it.
         length = settings.sequence_length
         kept = tf.cond(
@@ -345,7 +406,7 @@ class CountDistinct(beam.PTransform):
         return (
             pcoll
             | "BatchCounts" >> beam.Map(_batch_counts)
-            | "SumCountsAndSize" >> beam.CombineGlobally(_SumTokenCounts(_num_rows))
+            | "SumCountsAndSize" >> beam.CombineGlobally(_SumTokenCounts(((0, _num_rows),)))
         )
 
 
@@ -359,22 +420,21 @@ def _multi_hot(class_ids: tf.SparseTensor, num_classes: tf.Tensor) -> tf.Tensor:
     return tf.minimum(tf.reduce_sum(hot, axis=1), 1.0)
 
 
-def _labels(raw_label, settings: TextSettings) -> dict:
-    """The label outputs: class id (single-label) or multi-hot vector (multi-label)."""
-    if not settings.fast_vocabulary:
+def _labels(raw_label, settings: TextSettings, fast: dict | None) -> dict:
+    """The label outputs: class id (single-label) or multi-hot vector (multi-label). `fast`:
+    `_fast_vocabulary_paths`' result (the fast path), or None (the textbook path)."""
+    if fast is None:
         vocab = tft.vocabulary(raw_label, vocab_filename=LABEL_VOCAB_NAME)
         class_ids = tft.apply_vocabulary(raw_label, vocab)
         if not settings.multi_label:
             return {LABEL_KEY: class_ids}
         num_classes = tft.experimental.get_vocabulary_size_by_name(LABEL_VOCAB_NAME)
         return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
-    values = raw_label.values if isinstance(raw_label, tf.SparseTensor) else raw_label
-    reduced = _batch_reduce(tf.reshape(values, [-1]), may_break_lines=True)
-    class_ids = tft.apply_vocabulary(raw_label, _vocabulary_file(reduced, LABEL_VOCAB_NAME))
+    class_ids = tft.apply_vocabulary(raw_label, fast[LABEL_VOCAB_NAME])
     if not settings.multi_label:
         return {LABEL_KEY: class_ids}
     (num_classes,) = tft.experimental.ptransform_analyzer(
-        inputs=reduced,
+        inputs=fast["labels_reduced"],
         ptransform=CountDistinct(),
         output_dtypes=[tf.int64],
         output_shapes=[[]],
@@ -383,19 +443,12 @@ def _labels(raw_label, settings: TextSettings) -> dict:
     return {LABELS_KEY: _multi_hot(class_ids, num_classes)}
 
 
-def _ngram_ids(ngrams: tf.SparseTensor, settings: TextSettings) -> tf.SparseTensor:
+def _ngram_ids(ngrams: tf.SparseTensor, settings: TextSettings, vocab_path) -> tf.SparseTensor:
     """Each n-gram's id in the n-gram vocabulary; -1 outside it (`tft.tfidf` folds that into the
-    one OOV id). Fast: counted by `fast_vocabulary`; textbook: `tft.compute_and_apply_vocabulary`.
+    one OOV id). Fast (`vocab_path` given): counted with the other vocabularies; textbook:
+    `tft.compute_and_apply_vocabulary`.
     """
-    if settings.fast_vocabulary:
-        # N-grams join whitespace-split tokens with a space: never empty, never a line break.
-        vocab_path = fast_vocabulary(
-            ngrams.values,
-            NGRAM_VOCAB_NAME,
-            top_k=settings.tfidf_max_tokens,
-            min_frequency=settings.tfidf_min_frequency,
-            may_break_lines=False,
-        )
+    if vocab_path is not None:
         return tft.apply_vocabulary(ngrams, vocab_path, default_value=-1, file_format="text")
     return tft.compute_and_apply_vocabulary(
         ngrams,
@@ -421,7 +474,12 @@ def l2_normalize_rows(weights: tf.SparseTensor) -> tf.SparseTensor:
     )
 
 
-def _tfidf(tokens: tf.RaggedTensor, settings: TextSettings) -> dict:
+def _ngrams(tokens: tf.RaggedTensor, settings: TextSettings) -> tf.SparseTensor:
+    """N-grams of 1 to `ngram_max` tokens of each whole document, joined by a space."""
+    return tft.ngrams(tokens.to_sparse(), (1, settings.ngram_max), separator=" ")
+
+
+def _tfidf(ngrams: tf.SparseTensor, settings: TextSettings, vocab_path) -> dict:
     """Bag-of-n-grams TF-IDF of each whole document: {tfidf_ids, tfidf_weights}, aligned
     VarLen lists with one entry per distinct n-gram (ids ascending).
 
@@ -430,8 +488,7 @@ def _tfidf(tokens: tf.RaggedTensor, settings: TextSettings) -> dict:
     Ids outside the vocabulary are -1 until `tft.tfidf` takes them modulo `tfidf_dim`: all
     unknown n-grams share the one id `tfidf_max_tokens`.
     """
-    ngrams = tft.ngrams(tokens.to_sparse(), (1, settings.ngram_max), separator=" ")
-    ids, weights = tft.tfidf(_ngram_ids(ngrams, settings), settings.tfidf_dim)
+    ids, weights = tft.tfidf(_ngram_ids(ngrams, settings, vocab_path), settings.tfidf_dim)
     return {TFIDF_IDS_KEY: ids, TFIDF_WEIGHTS_KEY: l2_normalize_rows(weights)}
 
 
@@ -441,14 +498,21 @@ def make_preprocessing_fn(settings: TextSettings):
 
     def preprocessing_fn(inputs: dict) -> dict:
         tokens = tokenize(normalize_text(inputs[TEXT_KEY], settings))
-        ids = _token_ids(tokens, settings) + 1  # 0 is reserved for padding
+        ngrams = _ngrams(tokens, settings) if settings.tfidf else None
+        fast = (
+            _fast_vocabulary_paths(tokens, inputs[RAW_LABEL_KEY], ngrams, settings)
+            if settings.fast_vocabulary
+            else None
+        )
+        token_vocab = fast[TOKEN_VOCAB_NAME] if fast else None
+        ids = _token_ids(tokens, settings, token_vocab) + 1  # 0 is reserved for padding
         outputs = {
             TOKEN_IDS_KEY: ids.to_tensor(default_value=0, shape=[None, settings.sequence_length]),
             NUM_TOKENS_KEY: tokens.row_lengths(),
         }
-        outputs.update(_labels(inputs[RAW_LABEL_KEY], settings))
+        outputs.update(_labels(inputs[RAW_LABEL_KEY], settings, fast))
         if settings.tfidf:
-            outputs.update(_tfidf(tokens, settings))
+            outputs.update(_tfidf(ngrams, settings, fast[NGRAM_VOCAB_NAME] if fast else None))
         return outputs
 
     return preprocessing_fn
