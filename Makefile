@@ -2,6 +2,8 @@
 # Each creates .venv with the machine's python3 when it is missing, (re)installs
 # the package with its test extras, every dependency at its requirements.lock pin,
 # when setup.py or requirements.lock is newer than the last install, then runs.
+# `make test` runs the suite on two pytest-xdist workers, each test file whole on one
+# (module fixtures built once), and prints the 25 slowest tests.
 # `make clean` removes .venv to start from scratch. `make lock` refreshes
 # requirements.lock from setup.py (README.md, "Dependencies and the lock file").
 PYTHON ?= python3
@@ -27,7 +29,7 @@ $(STAMP): setup.py $(LOCK)
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -35,7 +35,7 @@ setup(
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0", "ruff==0.17.6"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
         # benchmarks/accuracy_20ng.py's TF-IDF + LinearSVC reference only; never imported by
         # the package.
         "bench": ["scikit-learn==1.9.1"],
