@@ -55,7 +55,7 @@ def parse_beam_stage(
     """A Beam stage's command line, read once: its own flags (`parser`) into `options`, the rest,
     in the order given, into Beam's PipelineOptions. Exits 2 naming what Beam does not declare
     either, or a Beam flag's unusable value."""
-    options, rest = parser.parse_known_args(list(argv), options)
+    options, rest, missing = _parse_known(parser, argv, options)
     beam_parser = _beam_parser()
     beam_parser.exit_on_error = False  # a bad value: one line below, not Beam's whole usage
     try:
@@ -63,6 +63,7 @@ def parse_beam_stage(
     except argparse.ArgumentError as err:
         parser.exit(EXIT_BAD_INPUT, f"{parser.prog}: {err}\n")
     _refuse_unknown(parser, unknown, "not a flag of this stage (see --help) nor of Beam")
+    _refuse_missing(parser, missing)
     return options, PipelineOptions(rest)
 
 
@@ -71,9 +72,31 @@ def parse_own_flags(
 ) -> StageOptions:
     """A command line with no Beam in it (train): `parser`'s flags into `options`; anything else
     exits 2 with one line naming it."""
-    options, rest = parser.parse_known_args(list(argv), options)
+    options, rest, missing = _parse_known(parser, argv, options)
     _refuse_unknown(parser, rest, "see --help")
+    _refuse_missing(parser, missing)
     return options
+
+
+def _parse_known(parser: argparse.ArgumentParser, argv: Sequence[str], options: StageOptions):
+    """`parser.parse_known_args` that leaves the required flags' check to the caller (returned
+    as the flags missing), so that a misspelled required flag (`--text_colum`) is named as the
+    unknown flag it is, not reported as `--text_column` missing."""
+    required = [action for action in parser._actions if action.required]
+    for action in required:
+        action.required = False
+    try:
+        options, rest = parser.parse_known_args(list(argv), options)
+    finally:
+        for action in required:
+            action.required = True
+    missing = [a.option_strings[0] for a in required if getattr(options, a.dest, None) is None]
+    return options, rest, missing
+
+
+def _refuse_missing(parser: argparse.ArgumentParser, missing: list[str]) -> None:
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
 
 
 def _beam_parser() -> argparse.ArgumentParser:

@@ -83,6 +83,21 @@ def test_a_misspelled_flag_exits_2_naming_it_before_any_work(stage, typo, tmp_pa
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing checked
 
 
+@pytest.mark.parametrize(
+    ("stage", "typo"),
+    [("score", ["--text_colum", "body"]), ("train", ["--data_dr", "data"])],
+)  # fmt: skip
+def test_a_misspelled_required_flag_is_named_not_reported_missing(stage, typo, tmp_path, capsys):
+    real = {"score": "--text_column", "train": "--data_dir"}[stage]
+    flags = required(stage, tmp_path)
+    at = flags.index(real)
+    argv = flags[:at] + flags[at + 2 :]  # the real flag and its value left out
+    err = exits_2(capsys, [stage, *argv, *typo])
+    assert err.startswith(f"textclf {stage}: unknown flag(s): {typo[0]};"), err
+    missing = exits_2(capsys, [stage, *argv])  # without the typo: the real flag is missing
+    assert f"the following arguments are required: {real}" in missing
+
+
 @pytest.mark.parametrize("stage", BEAM_STAGES)
 def test_a_stray_value_exits_2_naming_it(stage, tmp_path, capsys):
     # --input takes patterns until the next flag; what follows --runner's value is no one's.
