@@ -82,7 +82,8 @@ def _parse_known(parser: argparse.ArgumentParser, argv: Sequence[str], options: 
     """`parser.parse_known_args` that leaves the required flags' check to the caller (returned
     as the flags missing), so that a misspelled required flag (`--text_colum`) is named as the
     unknown flag it is, not reported as `--text_column` missing."""
-    required = [action for action in parser._actions if action.required]
+    asks_help = any(arg in ("-h", "--help") for arg in argv)  # whose usage marks them required
+    required = [action for action in parser._actions if action.required and not asks_help]
     for action in required:
         action.required = False
     try:

@@ -385,7 +385,9 @@ def _check_tensorboard_dir(opts: argparse.Namespace) -> None:
         outputs.normalized(outputs.backup_dir(opts.model_dir)) + "/",
         f"{parent}/.{name}.inprogress-",  # outputs.staging_dir's names
     )
-    target = outputs.normalized(path) + "/"
+    target = (os.path.realpath(path) if outputs.is_local(path) else path.rstrip("/")) + "/"
+    if outputs.is_local(opts.model_dir):  # a symlink into the model dir is inside it too
+        owned = (*owned, os.path.realpath(opts.model_dir) + "/")
     if target.startswith(owned):
         raise BadInput(
             f"--tensorboard_dir {path} is inside --model_dir {opts.model_dir}, its staging dir or "
@@ -506,6 +508,8 @@ def _run_multi_worker(
     history = fit_across_workers(
         model, strategy, datasets.train, datasets.eval, opts.epochs, callbacks
     )
+    # On every worker: reading an on-read variable (none today) would be a collective.
+    weights = model.get_weights()
     if not chief:
         log.info(
             "%s: training done; the chief writes %s", distribution.role(strategy), opts.model_dir
@@ -513,7 +517,7 @@ def _run_multi_worker(
         barrier(strategy)  # returns once the chief has finalized (fails if the chief fails)
         return TrainResult(model, {}, history, {})
     trained = build_model_for(data.config, model_settings(opts), head)  # outside the scope
-    trained.set_weights(model.get_weights())
+    trained.set_weights(weights)
     staging = outputs.staging_dir(opts.model_dir)
     try:
         _copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))

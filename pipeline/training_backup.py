@@ -30,12 +30,13 @@ _KERAS_METADATA = "training_metadata.json"
 
 def backup_settings(opts: argparse.Namespace) -> dict:
     """What a backup was made under; it is reused only when all of it is the same again: every
-    flag but --model_dir, the data dir's `_SUCCESS` time (a re-preprocessed dir differs) and the
+    flag but --model_dir and --tensorboard_dir, the data dir's `_SUCCESS` time (a re-preprocessed dir differs) and the
     TensorFlow and Keras versions (the weights file format)."""
     import keras
     import tensorflow as tf
 
-    settings = {k: v for k, v in vars(opts).items() if k != "model_dir"}
+    # Not --tensorboard_dir: where logs also go does not change what training computes.
+    settings = {k: v for k, v in vars(opts).items() if k not in ("model_dir", "tensorboard_dir")}
     if outputs.is_local(opts.data_dir):
         settings["data_dir"] = os.path.abspath(opts.data_dir)
     settings["data_dir_success"] = outputs.read_text(

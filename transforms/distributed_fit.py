@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 def auto_shard(dataset: tf.data.Dataset, files: int, workers: int) -> tf.data.Dataset:
     """`dataset` with the auto-shard policy for `workers` processes reading `files` files:
-    by file when every worker gets at least one, else by element (every worker reads every file
-    and keeps its share of the batches)."""
+    by file when they split evenly (every worker as many files: uneven shards would leave the
+    workers with fewer rows feeding empty batches while the others finish the epoch), else by
+    element (every worker reads every file and keeps its share of the batches)."""
     policy = tf.data.experimental.AutoShardPolicy
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
-        policy.FILE if files >= workers else policy.DATA
+        policy.FILE if files >= workers and files % workers == 0 else policy.DATA
     )
     return dataset.with_options(options)
 

@@ -206,6 +206,7 @@ class _SumTokenCounts(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
+        accs = list(accs)  # Beam may pass a one-shot iterator; each input position reads it
         return tuple(
             [_sum_counts([t for acc in accs for t in acc[i]])] for i in range(self._inputs)
         )

@@ -205,9 +205,10 @@ def test_the_chief_is_the_chief_task_or_worker_0_without_one():
     assert distribution.is_chief(None) and distribution.workers(None) == 1  # --distribution none
 
 
-def test_records_are_sharded_by_file_only_when_every_worker_gets_a_file():
+def test_records_are_sharded_by_file_only_when_the_files_split_evenly():
     policy = tf.data.experimental.AutoShardPolicy
     dataset = tf.data.Dataset.range(4)
-    for files, workers, expected in [(2, 2, policy.FILE), (3, 2, policy.FILE), (1, 2, policy.DATA)]:
+    cases = [(2, 2, policy.FILE), (4, 2, policy.FILE), (3, 2, policy.DATA), (1, 2, policy.DATA)]
+    for files, workers, expected in cases:
         options = auto_shard(dataset, files, workers).options()
         assert options.experimental_distribute.auto_shard_policy == expected

@@ -143,3 +143,31 @@ def test_strip_punctuation_turns_unicode_punctuation_and_symbols_into_spaces():
     )
     assert sorted(vocab) == sorted(["hi", "there", "qué", "5", "e", "mail"])
     assert TEXT_KEY and RAW_LABEL_KEY  # keys come from contracts
+
+
+def test_token_counts_merge_every_input_from_a_one_shot_iterator():
+    """Beam may hand `merge_accumulators` an iterator: each counted input (tokens, labels,
+    n-grams) must still get every accumulator's counts."""
+    import pyarrow as pa
+
+    from transforms.text_preprocessing import _SumTokenCounts
+
+    def table(tokens, counts):
+        return pa.table(
+            {"token": pa.array(tokens, pa.binary()), "count": pa.array(counts, pa.int64())}
+        )
+
+    combine = _SumTokenCounts(((0, lambda t: t), (1, lambda t: t)))
+    first = combine.add_input(
+        combine.create_accumulator(), (table([b"a"], [2]), table([b"x"], [1]))
+    )
+    second = combine.add_input(
+        combine.create_accumulator(), (table([b"a"], [1]), table([b"x"], [4]))
+    )
+    tokens, labels = combine.extract_output(combine.merge_accumulators(iter([first, second])))
+    assert dict(zip(tokens.column("token").to_pylist(), tokens.column("count").to_pylist())) == {
+        b"a": 3
+    }
+    assert dict(zip(labels.column("token").to_pylist(), labels.column("count").to_pylist())) == {
+        b"x": 5
+    }
