@@ -184,12 +184,17 @@ def check_replaceable(out: str, stage: str, entries: tuple[str, ...] | None = No
             )
 
 
-def staging_dir(out: str) -> str:
-    """A fresh sibling of `out` that no reader takes for a finished output."""
+def _staging_prefix(out: str) -> str:
+    """`<parent>/.<name>.inprogress-`: what every staging dir of `out` is named from."""
     out = normalized(out)
     parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
+    return FileSystems.join(parent or ".", f".{name}.inprogress-")
+
+
+def staging_dir(out: str) -> str:
+    """A fresh sibling of `out` that no reader takes for a finished output."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
-    staging = FileSystems.join(parent or ".", f".{name}.inprogress-{stamp}-{uuid.uuid4().hex[:8]}")
+    staging = f"{_staging_prefix(out)}{stamp}-{uuid.uuid4().hex[:8]}"
     if is_local(staging):
         os.makedirs(staging)
     return staging
@@ -203,6 +208,29 @@ def backup_dir(out: str) -> str:
     out = normalized(out)
     parent, name = os.path.split(out) if is_local(out) else out.rsplit("/", 1)
     return FileSystems.join(parent or ".", f".{name}.train-backup")
+
+
+def is_within_output(path: str, out: str) -> bool:
+    """Whether `path` lies in what a stage writing `out` replaces or removes: `out` itself, its
+    staging dirs or its training backup (a local symlink into them counts)."""
+    owned = [normalized(out) + "/", normalized(backup_dir(out)) + "/", _staging_prefix(out)]
+    if is_local(out):
+        owned.append(os.path.realpath(out) + "/")
+    target = (os.path.realpath(path) if is_local(path) else path.rstrip("/")) + "/"
+    return target.startswith(tuple(owned))
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy every file under `source` to the same relative path under `destination`: a local
+    tree with shutil, an object-store prefix file by file."""
+    if is_local(source):
+        if os.path.isdir(source):
+            shutil.copytree(source, destination, dirs_exist_ok=True)
+        return
+    prefix = source.rstrip("/") + "/"
+    files = [f for f in _files_under(source) if not f.endswith("/")]  # not directory markers
+    if files:
+        FileSystems.copy(files, [FileSystems.join(destination, f[len(prefix) :]) for f in files])
 
 
 def write_text(path: str, text: str) -> None:

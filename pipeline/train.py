@@ -21,7 +21,6 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Sequence
@@ -378,34 +377,11 @@ def _check_tensorboard_dir(opts: argparse.Namespace) -> None:
         return
     if outputs.is_local(path) and os.path.isfile(path):
         raise BadInput(f"--tensorboard_dir {path} is a file, not a directory")
-    model_dir = outputs.normalized(opts.model_dir)
-    parent, name = model_dir.rsplit("/", 1) if "/" in model_dir else (".", model_dir)
-    owned = (
-        model_dir + "/",
-        outputs.normalized(outputs.backup_dir(opts.model_dir)) + "/",
-        f"{parent}/.{name}.inprogress-",  # outputs.staging_dir's names
-    )
-    target = (os.path.realpath(path) if outputs.is_local(path) else path.rstrip("/")) + "/"
-    if outputs.is_local(opts.model_dir):  # a symlink into the model dir is inside it too
-        owned = (*owned, os.path.realpath(opts.model_dir) + "/")
-    if target.startswith(owned):
+    if outputs.is_within_output(path, opts.model_dir):
         raise BadInput(
             f"--tensorboard_dir {path} is inside --model_dir {opts.model_dir}, its staging dir or "
             "its training backup, which textclf train replaces or removes; choose another"
         )
-
-
-def _copy_tree(source: str, destination: str) -> None:
-    """Copy every file under `source` to the same relative path under `destination`: a local
-    tree with shutil, an object-store prefix with Beam's FileSystems."""
-    if outputs.is_local(source):
-        if os.path.isdir(source):
-            shutil.copytree(source, destination, dirs_exist_ok=True)
-        return
-    prefix = source.rstrip("/") + "/"
-    files = [m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list]
-    if files:
-        FileSystems.copy(files, [FileSystems.join(destination, f[len(prefix) :]) for f in files])
 
 
 def new_model_version(now: _dt.datetime | None = None) -> str:
@@ -520,7 +496,7 @@ def _run_multi_worker(
     trained.set_weights(weights)
     staging = outputs.staging_dir(opts.model_dir)
     try:
-        _copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
+        outputs.copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
         metrics, card = _publish(opts, data, head, trained, history, None, staging)
     except BaseException:
         outputs.discard(staging)
@@ -687,7 +663,7 @@ def _fit(
         ]
         _fit_remaining_epochs(opts, model, datasets, epochs_restored, callbacks, backup.dir)
     # The model's own copy of the logs, from the backup (beside --model_dir: same filesystem).
-    _copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
+    outputs.copy_tree(tensorboard_dirs(opts)[0], os.path.join(staging, LOGS_DIR))
     return backup_state.history  # every epoch, the restored ones included
 
 
