@@ -132,6 +132,41 @@ def _refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str], hint: s
     parser.exit(EXIT_BAD_INPUT, f"{parser.prog}: {named}; {hint}\n")
 
 
+class _ViewsMadeOnce(PipelineOptions):
+    """Beam's PipelineOptions whose `view_as(cls)` makes each class's view once.
+
+    Beam 2.77 builds a new argparse parser for every `view_as` call, and its type checks call it
+    for every transform applied and every type-hint comparison: ~700 parsers, about 1 s of
+    single-threaded CPU, per preprocess run (profiled). A view holds no state of its own (it reads
+    and writes the options' one `_all_options` dict), so reusing it changes nothing else. The
+    views are dropped when the options are copied or pickled (`Pipeline` deep-copies them).
+    Written by hand because Beam has no switch for it.
+    """
+
+    _VIEWS = "_views_made_once"
+
+    @classmethod
+    def of(cls, options: PipelineOptions) -> PipelineOptions:
+        """The same options (flags and values, shared with `options`), views made once."""
+        if isinstance(options, cls):
+            return options
+        made = cls.__new__(cls)
+        object.__setattr__(made, "__dict__", dict(options.__dict__))
+        return made
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault(self._VIEWS, {})
+        view = views.get(cls)
+        if view is None:
+            view = views[cls] = super().view_as(cls)
+        return view
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop(self._VIEWS, None)
+        return state
+
+
 def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) -> beam.Pipeline:
     """A pipeline on the given runner; with none given, Beam's in-process FnApiRunner.
 
@@ -144,8 +179,9 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
     SDK worker each, without the gRPC data plane of `multi_threading` (faster for preprocess in
     README's benchmark; one worker is slower still). Beam logs a warning that
     in_memory ignores direct_num_workers; for this Beam version it does not, so that warning
-    is dropped when the choice is ours.
+    is dropped when the choice is ours. Views of the options are made once (`_ViewsMadeOnce`).
     """
+    options = _ViewsMadeOnce.of(options)
     if options.view_as(StandardOptions).runner is not None:
         return beam.Pipeline(options=options)
     given = options.get_all_options(drop_default=True)

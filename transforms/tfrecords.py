@@ -68,12 +68,14 @@ class SplitAndEncode(beam.DoFn):
                 "rows_written": {s: int((split == s).sum()) for s in SPLITS},
             },
         )
+        # Encoded once, then split: the encoded rows are a few times smaller than the columns.
+        encoded = encode_example_array(features)
         for name in SPLITS:
             mask = split == name
             if mask.any():
                 self._written[name].inc(int(mask.sum()))
-                part = features.filter(pa.array(mask)) if not mask.all() else features
-                yield beam.pvalue.TaggedOutput(name, encode_examples(part))
+                part = encoded.filter(pa.array(mask)) if not mask.all() else encoded
+                yield beam.pvalue.TaggedOutput(name, part.to_pylist())
 
 
 _EMPTY = pa.scalar(b"", pa.large_binary())
@@ -83,7 +85,12 @@ _FIELD_1, _FIELD_2, _INT64_LIST, _FLOAT_LIST = b"\x0a", b"\x12", b"\x1a", b"\x12
 
 def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Protobuf base-128 varints of integer `values` (a negative int64 as its uint64, as protobuf
-    writes it): (the bytes of all of them in order, each one's byte count)."""
+    writes it): (the bytes of all of them in order, each one's byte count).
+
+    Each value's byte count comes first, so its place in the output is known; then byte k of the
+    values still that long is written in one scatter per k (most token ids and paddings take one
+    byte, so later rounds touch few values).
+    """
     v = np.ascontiguousarray(values).astype(np.int64, copy=False).view(np.uint64)
     if not v.size:
         return np.zeros(0, np.uint8), np.zeros(0, np.int64)
@@ -93,17 +100,22 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return v.astype(np.uint8), np.ones(v.size, np.int64)
     unsigned = np.uint32 if top < 2**32 else np.uint64
     rest = v.astype(unsigned)
-    groups = np.empty((v.size, width), np.uint8)
     nbytes = np.ones(v.size, np.uint8)
-    for k in range(width):
-        more = rest > unsigned(0x7F)
-        groups[:, k] = rest.astype(np.uint8) & np.uint8(0x7F)
-        groups[:, k] |= more.view(np.uint8) << np.uint8(7)
-        if k + 1 < width:
-            nbytes += more.view(np.uint8)
-            rest = rest >> unsigned(7)
-    keep = np.arange(width, dtype=np.uint8)[None, :] < nbytes[:, None]
-    return groups[keep], nbytes.astype(np.int64)
+    for k in range(1, width):
+        nbytes += rest >= unsigned(1 << (7 * k))
+    ends = np.cumsum(nbytes, dtype=np.int64)
+    out = np.empty(int(ends[-1]), np.uint8)
+    at = ends - nbytes  # where each value's next byte goes
+    left = nbytes  # bytes still to write, of the values in `rest`
+    while True:
+        byte = (rest & unsigned(0x7F)).astype(np.uint8)
+        more = left > 1
+        byte[more] |= np.uint8(0x80)
+        out[at] = byte
+        more = np.flatnonzero(more)
+        if not more.size:
+            return out, nbytes.astype(np.int64)
+        rest, at, left = rest[more] >> unsigned(7), at[more] + 1, left[more] - np.uint8(1)
 
 
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
@@ -146,6 +158,11 @@ def _packed_values(column: pa.Array) -> tuple[bytes, pa.Array, np.ndarray]:
 
 
 def encode_examples(batch: pa.RecordBatch) -> list[bytes]:
+    """`encode_example_array`'s records as bytes objects."""
+    return encode_example_array(batch).to_pylist()
+
+
+def encode_example_array(batch: pa.RecordBatch) -> pa.Array:
     """Record batch of list<int64>/list<float32> columns -> one serialized tf.train.Example per row,
     the same bytes for the same rows in every process.
 
@@ -178,7 +195,7 @@ def encode_examples(batch: pa.RecordBatch) -> list[bytes]:
             packed,
         ]
         total += 1 + _varint_size(entry_len) + entry_len
-    return pc.binary_join_element_wise(_header(_FIELD_1, total), *pieces, _EMPTY).to_pylist()
+    return pc.binary_join_element_wise(_header(_FIELD_1, total), *pieces, _EMPTY)
 
 
 class _FastGzipWriter:

@@ -169,3 +169,34 @@ def test_stages_parsed_in_one_process_do_not_see_each_others_flags(tmp_path, cap
                            ("score", "--output_dir"), ("train", "--runner")]:  # fmt: skip
         err = exits_2(capsys, [stage, *required(stage, tmp_path), foreign, "x"])
         assert err.startswith(f"textclf {stage}: unknown flag(s): {foreign};")
+
+
+def test_the_pipelines_options_views_are_made_once_and_stay_live(tmp_path):
+    """make_pipeline's options reuse each view (Beam rebuilds a parser per view_as otherwise):
+    one object per class, values written through one view read through every other, through
+    get_all_options and through a deep copy (what Beam's Pipeline keeps), and the copy and a
+    pickle carry the values, not the views."""
+    import copy
+    import pickle
+
+    from apache_beam.options.pipeline_options import TypeOptions
+
+    from pipeline.options import make_pipeline
+
+    given = PipelineOptions([f"--temp_location={tmp_path}", "--no_pipeline_type_check"])
+    p = make_pipeline(given)
+    options = p.options
+    assert options.view_as(GoogleCloudOptions) is options.view_as(GoogleCloudOptions)
+    assert options.view_as(GoogleCloudOptions).temp_location == str(tmp_path)
+    assert options.view_as(TypeOptions).pipeline_type_check is False
+    options.view_as(GoogleCloudOptions).temp_location = "/elsewhere"
+    assert options.get_all_options()["temp_location"] == "/elsewhere"
+    assert PipelineOptions.view_as(options, GoogleCloudOptions).temp_location == "/elsewhere"
+    for again in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
+        assert again.view_as(GoogleCloudOptions).temp_location == "/elsewhere"
+        again.view_as(GoogleCloudOptions).temp_location = "/third"
+        assert options.view_as(GoogleCloudOptions).temp_location == "/elsewhere"
+    # The caller's options are the same values: make_pipeline's direct-runner defaults show.
+    assert given.view_as(DirectOptions).direct_running_mode == options.view_as(
+        DirectOptions
+    ).direct_running_mode
