@@ -108,9 +108,10 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     at = ends - nbytes  # where each value's next byte goes
     left = nbytes  # bytes still to write, of the values in `rest`
     while True:
-        byte = (rest & unsigned(0x7F)).astype(np.uint8)
         more = left > 1
-        byte[more] |= np.uint8(0x80)
+        byte = rest.astype(np.uint8)  # the low 8 bits; the 8th is the continuation bit's place
+        byte &= np.uint8(0x7F)
+        byte |= more.view(np.uint8) << np.uint8(7)
         out[at] = byte
         more = np.flatnonzero(more)
         if not more.size:
