@@ -8,7 +8,8 @@ becomes Beam's `PipelineOptions`; train (`parse_own_flags`) takes nothing else. 
 neither the stage nor Beam declares exits 2 with one line naming it, before any work. The
 stages' options are not `PipelineOptions` subclasses, so Beam's parser (built from every
 subclass loaded in the process) never holds them, and stages loaded together in one process do
-not see each other's flags. `make_pipeline` picks the runner.
+not see each other's flags (the one subclass here, `_ViewsMadeOnce`, declares no flag).
+`make_pipeline` picks the runner.
 """
 
 from __future__ import annotations

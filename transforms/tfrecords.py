@@ -1,9 +1,10 @@
 """Transformed record batches -> per-split serialized tf.Examples, bundle files, statistics.
 
 `SplitAndEncode` takes tf.Transform's output batches (with the pass-through `split` column),
-encodes each split's rows as tf.Examples with `encode_examples` (vectorised with numpy and Arrow,
-the same bytes in every process), and emits one tagged output per split. It also emits a small statistics dict per batch (token lengths,
-OOV ids) that preprocess folds with the reader's counts into the numbers of stats.json.
+encodes each batch's rows as tf.Examples once with `encode_example_array` (vectorised with numpy
+and Arrow, the same bytes in every process), and emits one tagged output per split, its rows'
+records. It also emits a small statistics dict per batch (token lengths, OOV ids) that
+preprocess folds with the reader's counts into the numbers of stats.json.
 `WriteBundleFiles` writes each bundle's records (TFRecord framing, gzip) or JSON lines into one
 temp file and reports it; `publish_bundle_files` gives the reported files their shard names.
 """
@@ -68,6 +69,8 @@ class SplitAndEncode(beam.DoFn):
                 "rows_written": {s: int((split == s).sum()) for s in SPLITS},
             },
         )
+        if not batch.num_rows:
+            return
         # Encoded once, then split: the encoded rows are a few times smaller than the columns.
         encoded = encode_example_array(features)
         for name in SPLITS:
@@ -164,8 +167,8 @@ def encode_examples(batch: pa.RecordBatch) -> list[bytes]:
 
 
 def encode_example_array(batch: pa.RecordBatch) -> pa.Array:
-    """Record batch of list<int64>/list<float32> columns -> one serialized tf.train.Example per row,
-    the same bytes for the same rows in every process.
+    """Record batch of list<int64>/list<float32> columns -> one serialized tf.train.Example per row
+    (a large_binary array), the same bytes for the same rows in every process.
 
     tfx_bsl's `RecordBatchToExamples` (protobuf's C++ map) writes the feature map in an order
     that differs between processes, so reruns gave TFRecords with other bytes. This writes the

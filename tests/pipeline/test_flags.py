@@ -184,7 +184,7 @@ def test_the_pipelines_options_views_are_made_once_and_stay_live(tmp_path):
     from pipeline.options import make_pipeline
 
     given = PipelineOptions([f"--temp_location={tmp_path}", "--no_pipeline_type_check"])
-    p = make_pipeline(given)
+    p = make_pipeline(given, threads_by_default=True)
     options = p.options
     assert options.view_as(GoogleCloudOptions) is options.view_as(GoogleCloudOptions)
     assert options.view_as(GoogleCloudOptions).temp_location == str(tmp_path)
@@ -193,10 +193,10 @@ def test_the_pipelines_options_views_are_made_once_and_stay_live(tmp_path):
     assert options.get_all_options()["temp_location"] == "/elsewhere"
     assert PipelineOptions.view_as(options, GoogleCloudOptions).temp_location == "/elsewhere"
     for again in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
+        assert "_views_made_once" not in vars(again)  # values travel, views are made anew
         assert again.view_as(GoogleCloudOptions).temp_location == "/elsewhere"
         again.view_as(GoogleCloudOptions).temp_location = "/third"
         assert options.view_as(GoogleCloudOptions).temp_location == "/elsewhere"
-    # The caller's options are the same values: make_pipeline's direct-runner defaults show.
-    assert given.view_as(DirectOptions).direct_running_mode == options.view_as(
-        DirectOptions
-    ).direct_running_mode
+    # The caller's options hold the same values: make_pipeline's in-process defaults show there.
+    assert given.view_as(DirectOptions).direct_num_workers == 0  # Beam's own default is 1
+    assert options.view_as(DirectOptions).direct_num_workers == 0

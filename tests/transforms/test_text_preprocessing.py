@@ -171,3 +171,31 @@ def test_token_counts_merge_every_input_from_a_one_shot_iterator():
     assert dict(zip(labels.column("token").to_pylist(), labels.column("count").to_pylist())) == {
         b"x": 5
     }
+
+
+def test_batch_counts_count_each_value_and_sum_across_offset_widths(monkeypatch):
+    """The analyzer's per-batch counting (`_batch_counts`: joined values + lengths -> Arrow
+    counts) and merging (`_sum_counts`), past the 64-bit-offset threshold (lowered here so a
+    small batch crosses it), below it, mixed, and for an empty batch."""
+    import numpy as np
+
+    from transforms import text_preprocessing as tp
+
+    def pair(values):
+        return b"".join(values), np.array([len(v) for v in values], np.int32)
+
+    tokens = [b"b", b"a", b"ccc", b"a", b"b", b"a"]
+    labels = [b"x", b"y", b"x"]
+    monkeypatch.setattr(tp, "_LARGE_TOKEN_BYTES", 8)
+    big, small = tp._batch_counts((*pair(tokens), *pair(labels)))
+    assert big.schema.field("token").type == pa.large_binary()  # 10 bytes joined
+    assert small.schema.field("token").type == pa.binary()  # 3 bytes joined
+    assert dict(zip(*big.to_pydict().values())) == {b"a": 3, b"b": 2, b"ccc": 1}
+    assert dict(zip(*small.to_pydict().values())) == {b"x": 2, b"y": 1}
+    (empty,) = tp._batch_counts(pair([]))
+    assert empty.num_rows == 0 and empty.schema == tp._counts_schema(False)
+    summed = tp._sum_counts([big, small, empty, big])
+    assert sorted(zip(*summed.to_pydict().values())) == [
+        (b"a", 6), (b"b", 4), (b"ccc", 2), (b"x", 2), (b"y", 1)
+    ]
+    assert tp.order_vocabulary(summed, 0, 1) == [b"a", b"b", b"x", b"ccc", b"y"]  # ties: bytes desc

@@ -183,3 +183,29 @@ def test_json_lines_bundle_files_keep_keys_sorted_and_bytes_readable(tmp_path):
     parsed = sorted((json.loads(line) for line in lines), key=lambda r: r["reason"])
     assert [list(r) for r in parsed] == [["reason", "row"]] * 3
     assert [r["row"]["text"] for r in parsed] == ["caf\u00e9", "", "bad \ufffd byte"]
+
+
+def test_split_and_encode_sends_each_row_to_its_split_once_in_order_and_skips_empty_batches():
+    from transforms.tfrecords import STATS_TAG, SplitAndEncode
+
+    features = pa.record_batch(
+        {
+            "token_ids": pa.array([[i, 300 + i, 0] for i in range(9)], pa.list_(pa.int64())),
+            "num_tokens": pa.array([[2]] * 9, pa.list_(pa.int64())),
+            "label": pa.array([[i % 3] for i in range(9)], pa.list_(pa.int64())),
+        }
+    )
+    splits = ["train", "eval", "train", "train", "eval", "train", "train", "train", "eval"]
+    batch = pa.RecordBatch.from_arrays(
+        [*features.columns, pa.array([[s] for s in splits], pa.list_(pa.string()))],
+        names=[*features.schema.names, "split"],
+    )
+    out = {}
+    for tagged in SplitAndEncode().process(batch):
+        out[tagged.tag] = tagged.value
+    records = encode_examples(features)
+    for split in ("train", "eval"):
+        assert out[split] == [r for r, s in zip(records, splits) if s == split]
+    assert out[STATS_TAG]["rows_written"] == {"train": 6, "eval": 3}
+    empty = [t.tag for t in SplitAndEncode().process(batch.slice(0, 0))]
+    assert empty == [STATS_TAG]  # statistics only: no empty record lists
