@@ -1,11 +1,13 @@
 """Every stage reads its command line one way (pipeline/options.py): its own flags from its
 `build_parser()`, everything else (Beam stages) into Beam's PipelineOptions, in one pass; a flag
-that neither the stage nor Beam declares exits 2 naming it, before any work. Only parsing here:
-no pipeline runs, no model trains.
+that neither the stage nor Beam declares exits 2 naming it, before any work. Mostly parsing
+here; the last tests hold `make_pipeline`'s two Beam shortcuts (options views made once, Map
+DoFn specs computed once), one with a three-element pipeline. No stage runs, no model trains.
 """
 
 from __future__ import annotations
 
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -200,3 +202,57 @@ def test_the_pipelines_options_views_are_made_once_and_stay_live(tmp_path):
     # The caller's options hold the same values: make_pipeline's in-process defaults show there.
     assert given.view_as(DirectOptions).direct_num_workers == 0  # Beam's own default is 1
     assert options.view_as(DirectOptions).direct_num_workers == 0
+
+
+class _CountPerKey(beam.DoFn):
+    """A stateful DoFn (a state spec), which the shared Map specs must not hide."""
+
+    COUNT = beam.transforms.userstate.CombiningValueStateSpec("count", sum)
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT)):
+        count.add(1)
+        yield element[0], count.read()
+
+
+class _Scaler:
+    def __init__(self, by):
+        self.by = by
+
+    def scale(self, x):
+        return x * self.by
+
+
+def test_map_dofn_specs_are_computed_once_and_equal_beams_own(tmp_path):
+    """make_pipeline's shared specs for Map/FlatMap DoFns give what Beam's own function gives
+    (copies, not one shared set), leave every other DoFn to Beam, and a stateful DoFn still
+    runs as one on the in-process runner."""
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms import userstate
+
+    from pipeline.options import make_pipeline
+
+    p = make_pipeline(PipelineOptions([]))
+    shared = userstate.get_dofn_specs
+    assert getattr(shared, "shares_map_specs", False)
+    beams = shared.__wrapped__
+    dofns = [
+        beam.Map(len).fn,
+        beam.FlatMap(lambda x: [x]).fn,
+        beam.Map(_Scaler(2).scale).fn,  # a bound method: Beam's own function
+        _CountPerKey(),
+    ]
+    for dofn in dofns:
+        assert shared(dofn) == beams(dofn)
+    assert shared(_CountPerKey()) == ({_CountPerKey.COUNT}, set())
+    states, _ = shared(dofns[0])
+    states.add("mutated by a caller")
+    assert shared(dofns[1]) == (set(), set())
+
+    with p:
+        counted = (
+            p
+            | beam.Create([("a", 1), ("b", 1), ("a", 1)])
+            | beam.Map(lambda kv: kv)
+            | beam.ParDo(_CountPerKey())
+        )
+        assert_that(counted, equal_to([("a", 1), ("a", 2), ("b", 1)]))
