@@ -289,7 +289,10 @@ def main() -> None:
             f"({key}) {names[key]:<58}{res['docs']:>10}{res['seconds']:>10.1f}"
             f"{rate[key]:>10.0f}{res['peak_rss_mib']:>14.0f}"
         )
-    print(f"\nb/a = {rate['b'] / rate['a']:.2f}   (target >= 0.5, stretch >= 1.0)")
+    # The targets: 1.0 on the synthetic corpus at 300k documents, 0.5 on 20 Newsgroups
+    # (11k long posts, where the stage's fixed cost is most of its time).
+    target = 0.5 if args.corpus == "20newsgroups" else 1.0
+    print(f"\nb/a = {rate['b'] / rate['a']:.2f}   (target >= {target})")
     print(f"b2/a = {rate['b2'] / rate['a']:.2f}")
     if "bt" in results:
         print(
