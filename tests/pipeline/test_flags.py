@@ -221,32 +221,58 @@ class _Scaler:
     def scale(self, x):
         return x * self.by
 
+    __call__ = scale
 
-def test_map_dofn_specs_are_computed_once_and_equal_beams_own(tmp_path):
-    """make_pipeline's shared specs for Map/FlatMap DoFns give what Beam's own function gives
-    (copies, not one shared set), leave every other DoFn to Beam, and a stateful DoFn still
-    runs as one on the in-process runner."""
+    def scale_all(self, x):
+        return [x * self.by]
+
+
+def test_map_dofn_specs_are_computed_once_and_equal_beams_own(monkeypatch):
+    """make_pipeline's shared specs: for Map/FlatMap/Filter DoFns Beam's function runs once and
+    every caller gets an equal copy; a DoFn wrapping a bound method, and a DoFn subclass (the
+    ones that can declare state), go to Beam's function every time; the results equal Beam's
+    own; and a stateful DoFn still runs as one on the in-process runner. (Pinned to the Beam
+    version the sharing was checked against: another version fails here on purpose.)"""
+    import functools
+
     from apache_beam.testing.util import assert_that, equal_to
     from apache_beam.transforms import userstate
 
+    from pipeline import options as stage_options
     from pipeline.options import make_pipeline
 
     p = make_pipeline(PipelineOptions([]))
+    assert getattr(userstate.get_dofn_specs, "shares_map_specs", False)
+    beams = userstate.get_dofn_specs.__wrapped__
+    asked = []
+
+    def counting(dofn):
+        asked.append(dofn)
+        return beams(dofn)
+
+    monkeypatch.setattr(userstate, "get_dofn_specs", counting)
+    stage_options._share_map_dofn_specs()  # wraps `counting`, as it wrapped Beam's function
     shared = userstate.get_dofn_specs
-    assert getattr(shared, "shares_map_specs", False)
-    beams = shared.__wrapped__
-    dofns = [
+    assert shared is not counting
+    maps = [
         beam.Map(len).fn,
         beam.FlatMap(lambda x: [x]).fn,
-        beam.Map(_Scaler(2).scale).fn,  # a bound method: Beam's own function
-        _CountPerKey(),
+        beam.Filter(bool).fn,
+        beam.Map(functools.partial(max, 0)).fn,
+        beam.Map(_Scaler(3)).fn,  # a callable object
     ]
-    for dofn in dofns:
+    for dofn in maps * 2:
+        assert shared(dofn) == beams(dofn) == (set(), set())
+    assert len(asked) == 1
+    others = [beam.FlatMap(_Scaler(2).scale_all).fn, _CountPerKey()]  # a bound method; a subclass
+    before = len(asked)  # (building the FlatMap asked too: ParDo checks its DoFn)
+    for dofn in others * 2:
         assert shared(dofn) == beams(dofn)
+    assert len(asked) == before + 4
     assert shared(_CountPerKey()) == ({_CountPerKey.COUNT}, set())
-    states, _ = shared(dofns[0])
+    states, _ = shared(maps[0])
     states.add("mutated by a caller")
-    assert shared(dofns[1]) == (set(), set())
+    assert shared(maps[1]) == (set(), set())
 
     with p:
         counted = (

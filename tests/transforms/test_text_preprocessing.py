@@ -196,6 +196,10 @@ def test_batch_counts_count_each_value_and_sum_across_offset_widths(monkeypatch)
     assert empty.num_rows == 0 and empty.schema == tp._counts_schema(False)
     summed = tp._sum_counts([big, small, empty, big])
     assert sorted(zip(*summed.to_pydict().values())) == [
-        (b"a", 6), (b"b", 4), (b"ccc", 2), (b"x", 2), (b"y", 1)
+        (b"a", 6),
+        (b"b", 4),
+        (b"ccc", 2),
+        (b"x", 2),
+        (b"y", 1),
     ]
     assert tp.order_vocabulary(summed, 0, 1) == [b"a", b"b", b"x", b"ccc", b"y"]  # ties: bytes desc
