@@ -161,11 +161,6 @@ def _packed_values(column: pa.Array) -> tuple[bytes, pa.Array, np.ndarray]:
     raise TypeError(f"tf.Example encoding of {column.type} is not supported")
 
 
-def encode_examples(batch: pa.RecordBatch) -> list[bytes]:
-    """`encode_example_array`'s records as bytes objects."""
-    return encode_example_array(batch).to_pylist()
-
-
 def encode_example_array(batch: pa.RecordBatch) -> pa.Array:
     """Record batch of list<int64>/list<float32> columns -> one serialized tf.train.Example per row
     (a large_binary array), the same bytes for the same rows in every process.

@@ -16,7 +16,7 @@ from tfx_bsl.coders import example_coder
 
 from transforms.tfrecords import (
     WriteBundleFiles,
-    encode_examples,
+    encode_example_array,
     example_order_key,
     json_line,
     json_line_key,
@@ -130,7 +130,7 @@ def _feature_batch(rows: int, seed: int = 0) -> pa.RecordBatch:
 
 def test_encoded_examples_are_protobufs_deterministic_bytes_of_the_same_examples():
     batch = _feature_batch(500)
-    ours = encode_examples(batch)
+    ours = encode_example_array(batch).to_pylist()
     reference = example_coder.RecordBatchToExamples(batch)  # same content, map order varies
     assert len(ours) == len(reference) == 500
     for mine, theirs in zip(ours, reference):
@@ -144,8 +144,8 @@ def test_encoded_examples_are_the_same_bytes_in_another_process():
     script = (
         f"import sys, hashlib; sys.path.insert(0, {root!r}); "
         "from tests.transforms.test_tfrecords import _feature_batch; "
-        "from transforms.tfrecords import encode_examples; "
-        "print(hashlib.sha256(b''.join(encode_examples(_feature_batch(300)))).hexdigest())"
+        "from transforms.tfrecords import encode_example_array; "
+        "print(hashlib.sha256(b''.join(encode_example_array(_feature_batch(300)).to_pylist())).hexdigest())"
     )
     digests = {
         subprocess.run(
@@ -153,12 +153,14 @@ def test_encoded_examples_are_the_same_bytes_in_another_process():
         ).stdout.strip()
         for _ in range(2)
     }
-    here = hashlib.sha256(b"".join(encode_examples(_feature_batch(300)))).hexdigest()
+    here = hashlib.sha256(
+        b"".join(encode_example_array(_feature_batch(300)).to_pylist())
+    ).hexdigest()
     assert digests == {here}
 
 
 def test_example_order_key_is_the_records_themselves():
-    records = encode_examples(_feature_batch(40))
+    records = encode_example_array(_feature_batch(40)).to_pylist()
     assert example_order_key(records) == b"".join(records[:16])
     assert example_order_key(records) != example_order_key(records[1:])
 
@@ -203,7 +205,7 @@ def test_split_and_encode_sends_each_row_to_its_split_once_in_order_and_skips_em
     out = {}
     for tagged in SplitAndEncode().process(batch):
         out[tagged.tag] = tagged.value
-    records = encode_examples(features)
+    records = encode_example_array(features).to_pylist()
     for split in ("train", "eval"):
         assert out[split] == [r for r, s in zip(records, splits) if s == split]
     assert out[STATS_TAG]["rows_written"] == {"train": 6, "eval": 3}
