@@ -265,8 +265,8 @@ def write_vocabulary(base_dir: str, vocabulary: VocabularyFile, counts: pa.Table
 
 
 class CountTokensAndWriteVocabulary(tft_beam.experimental.PTransformAnalyzer):
-    """A tf.Transform analyzer: per-batch values of one or more inputs -> one
-    vocabulary file's path per input.
+    """A tf.Transform analyzer: per-batch values of one or more inputs -> one vocabulary file's
+    path per input.
 
     Input elements are tuples of ndarrays, as tf.Transform hands them to `ptransform_analyzer`:
     two per input (`_batch_values`' joined values and their lengths); each batch is counted,
