@@ -282,3 +282,46 @@ def test_map_dofn_specs_are_computed_once_and_equal_beams_own(monkeypatch):
             | beam.ParDo(_CountPerKey())
         )
         assert_that(counted, equal_to([("a", 1), ("a", 2), ("b", 1)]))
+
+
+_BUNDLES_STARTED: list[int] = []
+
+
+class _RecordBundles(beam.DoFn):
+    """Notes each bundle it starts (the in-process runner runs it in this process)."""
+
+    def start_bundle(self):
+        _BUNDLES_STARTED.append(1)
+
+    def process(self, element):
+        yield element
+
+
+def test_one_element_stages_run_one_bundle_and_wide_ones_stay_parallel():
+    """make_pipeline's runner (one worker per core, at least two here): a stage whose input is
+    one element runs one bundle, not one per worker (the others would get nothing); a stage
+    whose input spreads over the workers still runs a bundle on each; outputs are complete.
+    (Pinned to the Beam version the change was checked against, as above.)"""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.options import make_pipeline
+
+    two = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=2"])
+    _BUNDLES_STARTED.clear()
+    with make_pipeline(two) as p:
+        assert_that(p | beam.Create(["one"]) | beam.ParDo(_RecordBundles()), equal_to(["one"]))
+    assert len(_BUNDLES_STARTED) == 1
+    assert getattr(fn_runner.ParallelBundleManager.process_bundle, "skips_idle_workers", False)
+    _BUNDLES_STARTED.clear()
+    with make_pipeline(two) as p:
+        wide = (
+            p
+            | beam.Create(range(40))
+            | beam.Map(lambda x: (x % 8, x))
+            | beam.GroupByKey()
+            | beam.ParDo(_RecordBundles())
+            | beam.MapTuple(lambda key, values: (key, sorted(values)))
+        )
+        assert_that(wide, equal_to([(k, list(range(k, 40, 8))) for k in range(8)]))
+    assert len(_BUNDLES_STARTED) == 2  # the grouped stage, split over both workers
