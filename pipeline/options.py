@@ -224,16 +224,16 @@ def _skip_idle_workers() -> None:
     With direct_num_workers = N, Beam's `ParallelBundleManager` splits every bundle's input N
     ways and runs N bundles, even when the input is one element (an Impulse, a combine's one
     accumulator, a single Parquet row group): N-1 of them get nothing, yet each builds its own
-    bundle processor (every DoFn of the stage unpickled and set up, tf.Transform's graph
-    state acquired) and reports metrics, in parallel with the one doing the work and competing
-    for the GIL. A preprocess run has ~20 stages, most of them one element: ~0.6 s of its fixed
-    cost on 2 cores (a 100-document run, profiled: 2.5 s -> 1.9 s). Here the input is split as
-    Beam splits it; when at most one part holds data (and no timer fired), that part runs as one
-    plain bundle, as Beam's own `BundleManager` runs it when N is 1. Bundles that hold input on
-    several workers run as before. An empty bundle produces nothing in Beam's model (a DoFn
-    may still start and finish it), and no DoFn here writes anything for an empty bundle, so
-    the output is the same (tests/pipeline/test_flags.py). Process-wide once applied, only on
-    the Beam version it was checked against. Written by hand because Beam has no switch for it.
+    bundle processor (every DoFn of the stage unpickled and set up, tf.Transform's graph state
+    acquired) and reports metrics, in parallel with the one doing the work and competing for the
+    GIL. A preprocess run has ~20 stages, most of them one element, and that was a third of its
+    fixed cost (README.md, "Benchmarks"). Here the input is split as Beam splits it; when at
+    most one part holds data (and no timer fired), that part runs as one plain bundle, as Beam's
+    own `BundleManager` runs it when N is 1. Bundles that hold input on several workers run as
+    before. An empty bundle produces nothing in Beam's model (a DoFn may still start and finish
+    it), and no DoFn here writes anything for an empty bundle, so the output is the same
+    (tests/pipeline/test_flags.py). Process-wide once applied, only on the Beam version it was
+    checked against. Written by hand because Beam has no switch for it.
     """
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
@@ -278,6 +278,35 @@ def _skip_idle_workers() -> None:
     manager.process_bundle = process_bundle
 
 
+# How often (ms) the in-process workers' state samplers wake; Beam's default is 200.
+SAMPLING_PERIOD_MS = 10
+# The Beam version whose statesampler `_stop_state_samplers_promptly` was checked against.
+_STATE_SAMPLER_CHECKED_ON = "2.77.0"
+
+
+def _stop_state_samplers_promptly() -> None:
+    """Make each bundle's state sampler wake every `SAMPLING_PERIOD_MS`, not every 200 ms.
+
+    Every bundle of Beam's SDK worker starts a thread that samples which transform is running
+    (the msecs metrics and the "processing stuck" log), sleeping in steps that grow to 200 ms;
+    when the bundle ends, the worker joins that thread, so it waits out the sleep in progress:
+    up to 200 ms per bundle, ~100 ms on average for a bundle that ran a second or more. A
+    preprocess run's two corpus passes are such bundles, one per worker, each stage waiting for
+    its slowest: their times came in steps of 0.2 s (README.md, "Benchmarks"). A 10 ms period
+    costs the sampler 100 wake-ups a second, each a lock and a clock read; the metrics are as
+    accurate.
+    Applied to samplers made after the call (Beam builds one per bundle processor), only on the
+    Beam version it was checked against. Written by hand because Beam has no option for it.
+    """
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if beam.__version__ == _STATE_SAMPLER_CHECKED_ON and init.__defaults__ == (
+        statesampler.DEFAULT_SAMPLING_PERIOD_MS,
+    ):
+        init.__defaults__ = (SAMPLING_PERIOD_MS,)
+
+
 def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) -> beam.Pipeline:
     """A pipeline on the given runner; with none given, Beam's in-process FnApiRunner.
 
@@ -292,7 +321,8 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
     in_memory ignores direct_num_workers; for this Beam version it does not, so that warning
     is dropped when the choice is ours. Views of the options are made once (`_ViewsMadeOnce`), and
     so are Map/FlatMap's DoFn specs (`_share_map_dofn_specs`); a bundle whose input fits one
-    worker runs on one (`_skip_idle_workers`).
+    worker runs on one (`_skip_idle_workers`), and its end waits at most `SAMPLING_PERIOD_MS`
+    for the state sampler (`_stop_state_samplers_promptly`).
     """
     options = _ViewsMadeOnce.of(options)
     _share_map_dofn_specs()
@@ -305,6 +335,7 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
         direct.direct_num_workers = 0  # the runner reads 0 as one worker per core
         logging.getLogger(fn_runner.__name__).addFilter(_IN_MEMORY_WORKERS_WARNING)
     _skip_idle_workers()
+    _stop_state_samplers_promptly()
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
