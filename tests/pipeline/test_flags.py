@@ -285,6 +285,20 @@ def test_map_dofn_specs_are_computed_once_and_equal_beams_own(monkeypatch):
 
 
 _BUNDLES_STARTED: list[int] = []
+# The in-process runner on two worker threads, whatever the machine's cores.
+_TWO_WORKERS = ["--direct_running_mode=in_memory", "--direct_num_workers=2"]
+
+
+def _grouped_through(p, count: int, keys: int, dofn: beam.DoFn):
+    """range(count) grouped by x % keys, the (key, values) pairs run through `dofn`: a stage
+    whose input the runner spreads over its workers."""
+    return (
+        p
+        | beam.Create(range(count))
+        | beam.Map(lambda x: (x % keys, x))
+        | beam.GroupByKey()
+        | beam.ParDo(dofn)
+    )
 
 
 class _RecordBundles(beam.DoFn):
@@ -307,7 +321,7 @@ def test_one_element_stages_run_one_bundle_and_wide_ones_stay_parallel():
 
     from pipeline.options import make_pipeline
 
-    two = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=2"])
+    two = PipelineOptions(_TWO_WORKERS)
     _BUNDLES_STARTED.clear()
     with make_pipeline(two) as p:
         assert_that(p | beam.Create(["one"]) | beam.ParDo(_RecordBundles()), equal_to(["one"]))
@@ -315,13 +329,8 @@ def test_one_element_stages_run_one_bundle_and_wide_ones_stay_parallel():
     assert getattr(fn_runner.ParallelBundleManager.process_bundle, "skips_idle_workers", False)
     _BUNDLES_STARTED.clear()
     with make_pipeline(two) as p:
-        wide = (
-            p
-            | beam.Create(range(40))
-            | beam.Map(lambda x: (x % 8, x))
-            | beam.GroupByKey()
-            | beam.ParDo(_RecordBundles())
-            | beam.MapTuple(lambda key, values: (key, sorted(values)))
+        wide = _grouped_through(p, 40, 8, _RecordBundles()) | beam.MapTuple(
+            lambda key, values: (key, sorted(values))
         )
         assert_that(wide, equal_to([(k, list(range(k, 40, 8))) for k in range(8)]))
     assert len(_BUNDLES_STARTED) == 2  # the grouped stage, split over both workers
@@ -346,15 +355,7 @@ def test_bundles_state_samplers_wake_often_so_bundle_ends_do_not_wait():
     from pipeline.options import SAMPLING_PERIOD_MS, make_pipeline
 
     assert statesampler.DEFAULT_SAMPLING_PERIOD_MS == 200  # what Beam would use
-    two = PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=2"])
-    with make_pipeline(two) as p:
-        periods = (
-            p
-            | beam.Create(range(8))
-            | beam.Map(lambda x: (x % 4, x))
-            | beam.GroupByKey()
-            | beam.ParDo(_SamplingPeriod())
-            | beam.Distinct()
-        )
+    with make_pipeline(PipelineOptions(_TWO_WORKERS)) as p:
+        periods = _grouped_through(p, 8, 4, _SamplingPeriod()) | beam.Distinct()
         assert_that(periods, equal_to([SAMPLING_PERIOD_MS]))
     assert SAMPLING_PERIOD_MS < statesampler.DEFAULT_SAMPLING_PERIOD_MS
