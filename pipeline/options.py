@@ -228,12 +228,16 @@ def _skip_idle_workers() -> None:
     acquired) and reports metrics, in parallel with the one doing the work and competing for the
     GIL. A preprocess run has ~20 stages, most of them one element, and that was a third of its
     fixed cost (README.md, "Benchmarks"). Here the input is split as Beam splits it; when at
-    most one part holds data (and no timer fired), that part runs as one plain bundle, as Beam's
-    own `BundleManager` runs it when N is 1. Bundles that hold input on several workers run as
-    before. An empty bundle produces nothing in Beam's model (a DoFn may still start and finish
-    it), and no DoFn here writes anything for an empty bundle, so the output is the same
-    (tests/pipeline/test_flags.py). Process-wide once applied, only on the Beam version it was
-    checked against. Written by hand because Beam has no switch for it.
+    most one part holds data (in practice: one element, key or encoded chunk) and no timer
+    fired, that part runs as one plain bundle, as Beam's own `BundleManager` runs it when N is 1
+    (on the worker its round-robin picks, in the calling thread). Bundles with input for several
+    workers run as before. An empty bundle produces nothing in Beam's model (a DoFn may still
+    start and finish it), and no DoFn here writes anything for one, so the output is the same
+    (whole preprocess outputs compared byte for byte; tests/pipeline/test_flags.py). One
+    difference: Beam's parallel path merges only its bundles' metrics and errors, dropping the
+    residuals a splittable DoFn defers (`defer_remainder`), which the one-bundle path keeps, as
+    N = 1 does; no DoFn here defers work. Process-wide once applied, only on the Beam version it
+    was checked against. Written by hand because Beam has no switch for it.
     """
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
@@ -254,7 +258,7 @@ def _skip_idle_workers() -> None:
         busy = [
             part
             for part in parts
-            if any(any(chunk) for chunks in part.values() for chunk in chunks)
+            if any(len(chunk) for chunks in part.values() for chunk in chunks)
         ]
         if len(busy) > 1 or fired_timers:
             return found(
@@ -295,8 +299,9 @@ def _stop_state_samplers_promptly() -> None:
     its slowest: their times came in steps of 0.2 s (README.md, "Benchmarks"). A 10 ms period
     costs the sampler 100 wake-ups a second, each a lock and a clock read; the metrics are as
     accurate.
-    Applied to samplers made after the call (Beam builds one per bundle processor), only on the
-    Beam version it was checked against. Written by hand because Beam has no option for it.
+    Applied to samplers made in this process after the call (Beam builds one per bundle
+    processor; a LOOPBACK portable run's worker, in the same process, gets it too; the worker
+    processes of `multi_processing` do not), only on the Beam version it was checked against. Written by hand because Beam has no option for it.
     """
     from apache_beam.runners.worker import statesampler
 
@@ -320,8 +325,8 @@ def make_pipeline(options: PipelineOptions, threads_by_default: bool = False) ->
     README's benchmark; one worker is slower still). Beam logs a warning that
     in_memory ignores direct_num_workers; for this Beam version it does not, so that warning
     is dropped when the choice is ours. Views of the options are made once (`_ViewsMadeOnce`), and
-    so are Map/FlatMap's DoFn specs (`_share_map_dofn_specs`); a bundle whose input fits one
-    worker runs on one (`_skip_idle_workers`), and its end waits at most `SAMPLING_PERIOD_MS`
+    so are Map/FlatMap's DoFn specs (`_share_map_dofn_specs`); a bundle with input for one worker
+    alone runs as one bundle (`_skip_idle_workers`), and its end waits at most `SAMPLING_PERIOD_MS`
     for the state sampler (`_stop_state_samplers_promptly`).
     """
     options = _ViewsMadeOnce.of(options)
