@@ -169,8 +169,9 @@ class _ViewsMadeOnce(PipelineOptions):
         return state
 
 
-# The Beam version whose userstate.get_dofn_specs `_share_map_dofn_specs` was checked against.
-_DOFN_SPECS_CHECKED_ON = "2.77.0"
+# The Beam version whose internals the trims below (`_share_map_dofn_specs`, `_skip_idle_workers`,
+# `_stop_state_samplers_promptly`) were checked against; on any other version none is applied.
+_BEAM_CHECKED_ON = "2.77.0"
 
 
 def _share_map_dofn_specs() -> None:
@@ -195,7 +196,7 @@ def _share_map_dofn_specs() -> None:
     from apache_beam.transforms import core, userstate
 
     found = userstate.get_dofn_specs
-    if beam.__version__ != _DOFN_SPECS_CHECKED_ON or getattr(found, "shares_map_specs", False):
+    if beam.__version__ != _BEAM_CHECKED_ON or getattr(found, "shares_map_specs", False):
         return
     known: list = []
 
@@ -212,10 +213,6 @@ def _share_map_dofn_specs() -> None:
     get_dofn_specs.shares_map_specs = True
     get_dofn_specs.__wrapped__ = found
     userstate.get_dofn_specs = get_dofn_specs
-
-
-# The Beam version whose fn_runner.ParallelBundleManager `_skip_idle_workers` was checked against.
-_PARALLEL_BUNDLES_CHECKED_ON = "2.77.0"
 
 
 def _skip_idle_workers() -> None:
@@ -243,9 +240,7 @@ def _skip_idle_workers() -> None:
 
     manager = fn_runner.ParallelBundleManager
     found = manager.process_bundle
-    if beam.__version__ != _PARALLEL_BUNDLES_CHECKED_ON or getattr(
-        found, "skips_idle_workers", False
-    ):
+    if beam.__version__ != _BEAM_CHECKED_ON or getattr(found, "skips_idle_workers", False):
         return
 
     def process_bundle(
@@ -284,8 +279,6 @@ def _skip_idle_workers() -> None:
 
 # How often (ms) the in-process workers' state samplers wake; Beam's default is 200.
 SAMPLING_PERIOD_MS = 10
-# The Beam version whose statesampler `_stop_state_samplers_promptly` was checked against.
-_STATE_SAMPLER_CHECKED_ON = "2.77.0"
 
 
 def _stop_state_samplers_promptly() -> None:
@@ -298,15 +291,15 @@ def _stop_state_samplers_promptly() -> None:
     preprocess run's two corpus passes are such bundles, one per worker, each stage waiting for
     its slowest: their times came in steps of 0.2 s (README.md, "Benchmarks"). A 10 ms period
     costs the sampler 100 wake-ups a second, each a lock and a clock read; the metrics are as
-    accurate.
-    Applied to samplers made in this process after the call (Beam builds one per bundle
-    processor; a LOOPBACK portable run's worker, in the same process, gets it too; the worker
-    processes of `multi_processing` do not), only on the Beam version it was checked against. Written by hand because Beam has no option for it.
+    accurate. Applied to samplers made in this process after the call (Beam builds one per
+    bundle processor; a LOOPBACK portable run's worker, in the same process, gets it too; the
+    worker processes of `multi_processing` do not), only on the Beam version it was checked
+    against. Written by hand because Beam has no option for it.
     """
     from apache_beam.runners.worker import statesampler
 
     init = statesampler.StateSampler.__init__
-    if beam.__version__ == _STATE_SAMPLER_CHECKED_ON and init.__defaults__ == (
+    if beam.__version__ == _BEAM_CHECKED_ON and init.__defaults__ == (
         statesampler.DEFAULT_SAMPLING_PERIOD_MS,
     ):
         init.__defaults__ = (SAMPLING_PERIOD_MS,)
